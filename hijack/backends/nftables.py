@@ -128,7 +128,9 @@ class NftablesBackend(Backend):
                 rule = item["rule"]
                 comment = rule.get("comment", "")
                 chains.setdefault(f"{TABLE}/{rule['chain']}", []).append(comment or "<no comment>")
-                counter: dict[str, Any] = next((e["counter"] for e in rule["expr"] if "counter" in e), {})
+                counter: dict[str, Any] = next(
+                    (e["counter"] for e in rule["expr"] if "counter" in e), {}
+                )
                 rules.append(
                     InstalledRule(
                         table=f"{FAMILY} {TABLE}",

@@ -1,0 +1,26 @@
+"""A network lab of Linux network-namespace "VMs" on one bridge, for the demo and root tests.
+
+    with Lab(["node", "peer"]) as lab:
+        lab["peer"].spawn(lab["peer"].probe_argv(["listen", "--port", "8080"]))
+        lab["peer"].wait_for_port(8080)
+        print(lab["node"].probe_connect(lab["peer"].ipv4, 8080))
+"""
+
+from netlab.errors import LabCommandError, LabError, LabTerminated, LabTimeout
+from netlab.lab import BRIDGE_IPV4, BRIDGE_IPV6, Lab
+from netlab.netns import reap_stale
+from netlab.vm import VM
+from netlab.wait import wait_until
+
+__all__ = [
+    "BRIDGE_IPV4",
+    "BRIDGE_IPV6",
+    "VM",
+    "Lab",
+    "LabCommandError",
+    "LabError",
+    "LabTerminated",
+    "LabTimeout",
+    "reap_stale",
+    "wait_until",
+]
