@@ -1,0 +1,51 @@
+"""The sofamesh command line. The only place that prints and chooses exit codes."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import click
+
+from agent.hijack_cli import hijack_group, rules_command
+
+log = logging.getLogger("sofamesh")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Show each step and each command run.")
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="SOFAMESH_ROOT",
+    help="Prefix for every path sofamesh writes (state, logs); default /.",
+)
+@click.pass_context
+def main(ctx: click.Context, verbose: bool, root: Path | None) -> None:
+    """sofamesh: bring applications on plain VMs into a service mesh.
+
+    Exit codes: 0 ok, 1 error, 2 bad input, 3 not root, 4 console unreachable or
+    authentication failed, 5 backend unsupported, 6 failed and rolled back,
+    7 conflicting installed state, 8 drift (status --check).
+    """
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="sofamesh: %(message)s",
+        stream=sys.stderr,
+    )
+    ctx.obj = {"root": str(root) if root else None, "verbose": verbose}
+
+
+@main.command("version")
+def version_command() -> None:
+    """Print the sofamesh version."""
+    try:
+        click.echo(f"sofamesh {version('sofamesh')}")
+    except PackageNotFoundError:
+        click.echo("sofamesh (not installed as a package)")
+
+
+main.add_command(hijack_group)
+main.add_command(rules_command)
