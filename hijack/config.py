@@ -53,6 +53,7 @@ DEFAULT_OUTBOUND_PORT = 15001
 DEFAULT_ADMIN_PORT = 15000
 DEFAULT_PROXY_USER = "sofamesh-proxy"
 DEFAULT_SSH_PORTS = (22,)
+MAX_LISTED_PORTS = 8
 # What R-HJ-1/2 intercept: port 80 and everything above 1024.
 INTERCEPTED_PORTS = (PortRange(80, 80), PortRange(1025, 65535))
 
@@ -166,6 +167,11 @@ class HijackConfig:
             ipv6=_ipv6_mode(doc.get("ipv6", "auto")),
             source=source,
         )
+        # iptables' multiport match takes at most 15 ports; these lists share one rule each.
+        if len(config.proxy_extra_ports) > MAX_LISTED_PORTS:
+            raise ConfigError("proxy.ports", f"at most {MAX_LISTED_PORTS} extra ports")
+        if len(config.ssh_ports) > MAX_LISTED_PORTS:
+            raise ConfigError("ssh_ports", f"at most {MAX_LISTED_PORTS} SSH ports")
         if config.inbound_redirect_port == config.outbound_redirect_port:
             raise ConfigError("outbound.redirect_port", "must differ from inbound.redirect_port")
         if config.proxy_admin_port in (config.inbound_redirect_port, config.outbound_redirect_port):
