@@ -1,9 +1,11 @@
 """A network lab of Linux network-namespace "VMs" on one bridge, for the demo and root tests.
 
-    with Lab(["node", "peer"]) as lab:
-        lab["peer"].spawn(lab["peer"].probe_argv(["listen", "--port", "8080"]))
-        lab["peer"].wait_for_port(8080)
-        print(lab["node"].probe_connect(lab["peer"].ipv4, 8080))
+Where does a connection from "node" to "peer" land?
+
+with Lab(["node", "peer"]) as lab:
+    lab["peer"].spawn(lab["peer"].probe_argv(["listen", "--port", "8080"]))
+    lab["peer"].wait_for_port(8080)
+    print(lab["node"].probe_connect(lab["peer"].ipv4, 8080))
 """
 
 from netlab.errors import LabCommandError, LabError, LabTerminated, LabTimeout

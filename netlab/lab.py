@@ -18,15 +18,13 @@ import signal
 import threading
 from collections.abc import Iterator, Sequence
 from types import FrameType, TracebackType
-from typing import Any
 
 from netlab import netns
-from netlab.cmd import run_cmd
-from netlab.errors import LabError, LabTerminated, LabTimeout
+from netlab.errors import LabError, LabTerminated
 from netlab.procs import ProcessTracker
-from netlab.signals import signals_deferred
+from netlab.runner import run_cmd
+from netlab.signals import Handler, restore, signals_deferred
 from netlab.vm import IPV4_PREFIX, IPV6_PREFIX, VM
-from netlab.wait import wait_until
 
 BRIDGE = "br0"
 BRIDGE_IPV4 = f"{IPV4_PREFIX}1"
@@ -77,7 +75,8 @@ class Lab:
             for i, name in enumerate(names)
         ]
         self._state = "new"
-        self._previous_sigterm: Any = None
+        self._previous_sigterm: Handler = None
+        self._sigterm_installed = False
 
     @property
     def vms(self) -> list[VM]:
@@ -170,7 +169,7 @@ class Lab:
         with signals_deferred():
             problems = []
             try:
-                self._kill_processes()
+                netns.kill_all_in(self.netns_names, grace=self.kill_grace, tracker=self._tracker)
             except LabError as exc:
                 problems.append(str(exc))
             left = netns.delete_namespaces(self.netns_names)
@@ -178,27 +177,6 @@ class Lab:
                 problems.append(f"namespaces not deleted: {', '.join(left)}")
             if problems:
                 raise LabError(f"lab {self._base} teardown incomplete: " + "; ".join(problems))
-
-    def _kill_processes(self) -> None:
-        names = self.netns_names
-        steps = ((signal.SIGTERM, self.kill_grace), (signal.SIGKILL, netns.KILL_DEADLINE))
-        try:
-            for sig, deadline in steps:
-                self._tracker.signal_all(sig)
-                netns.signal_pids(netns.pids_in(names), sig)
-                try:
-                    wait_until(
-                        lambda: self._tracker.all_exited()
-                        and not any(netns.pids_in(names).values()),
-                        deadline=deadline,
-                        what=f"all processes of lab {self._base} exited",
-                    )
-                    return
-                except LabTimeout:
-                    if sig is signal.SIGKILL:
-                        raise
-        finally:
-            self._tracker.close_all()
 
     def _configure(self, name: str, batch: list[str]) -> None:
         if self.ipv6:
@@ -232,13 +210,15 @@ class Lab:
         return lines
 
     def _install_sigterm(self) -> None:
+        # Python sets handlers only in the main thread; elsewhere atexit is the fallback.
         if threading.current_thread() is threading.main_thread():
             self._previous_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
+            self._sigterm_installed = True
 
     def _restore_sigterm(self) -> None:
-        if self._previous_sigterm is not None:
-            signal.signal(signal.SIGTERM, self._previous_sigterm)
-            self._previous_sigterm = None
+        if self._sigterm_installed:
+            restore(signal.SIGTERM, self._previous_sigterm)
+            self._sigterm_installed = False
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         raise LabTerminated(f"SIGTERM received while lab {self._base} was running")
@@ -252,4 +232,3 @@ def _check_names(names: list[str]) -> None:
             raise ValueError(f"bad vm name {name!r}: use letters, digits, '_', '.', '-'")
     if len(set(names)) != len(names):
         raise ValueError(f"vm names must be unique: {names}")
-

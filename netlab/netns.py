@@ -6,13 +6,15 @@ creating process: that is how `reap_stale` tells a dead lab's leftovers from a l
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 from collections.abc import Iterable, Mapping, Sequence
 
-from netlab.cmd import run_cmd
 from netlab.errors import LabError, LabTimeout
+from netlab.procs import ProcessTracker
+from netlab.runner import run_cmd
 from netlab.wait import wait_until
 
 PREFIX = "smlab-"
@@ -94,26 +96,39 @@ def pids_in(names: Iterable[str]) -> dict[str, set[int]]:
 def signal_pids(pids: Mapping[str, set[int]], sig: signal.Signals) -> None:
     for group in pids.values():
         for pid in group:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
 
 
-def kill_all_in(names: Sequence[str], *, grace: float) -> None:
-    """SIGTERM everything inside `names`, SIGKILL what is left after `grace` seconds."""
-    for sig, deadline in ((signal.SIGTERM, grace), (signal.SIGKILL, KILL_DEADLINE)):
-        signal_pids(pids_in(names), sig)
-        try:
-            wait_until(
-                lambda: not any(pids_in(names).values()),
-                deadline=deadline,
-                what=f"no processes left in {', '.join(names)}",
-            )
-            return
-        except LabTimeout:
-            if sig is signal.SIGKILL:
-                raise
+def kill_all_in(
+    names: Sequence[str], *, grace: float, tracker: ProcessTracker | None = None
+) -> None:
+    """SIGTERM everything inside `names`, SIGKILL what is left after `grace` seconds.
+
+    The process groups of `tracker` get the same signals, and are reaped and closed.
+    """
+    steps = ((signal.SIGTERM, grace), (signal.SIGKILL, KILL_DEADLINE))
+    try:
+        for sig, deadline in steps:
+            if tracker is not None:
+                tracker.signal_all(sig)
+            signal_pids(pids_in(names), sig)
+            try:
+                wait_until(
+                    lambda: (
+                        (tracker is None or tracker.all_exited())
+                        and not any(pids_in(names).values())
+                    ),
+                    deadline=deadline,
+                    what=f"no processes left in {', '.join(names)}",
+                )
+                return
+            except LabTimeout:
+                if sig is signal.SIGKILL:
+                    raise
+    finally:
+        if tracker is not None:
+            tracker.close_all()
 
 
 def pid_alive(pid: int) -> bool:

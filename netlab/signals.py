@@ -5,12 +5,20 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
+from typing import Any
 
 from netlab.errors import LabTerminated
 
+Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+"""What signal.signal() returns: None when the handler was not set from Python."""
+
 _DEFERRED = (signal.SIGINT, signal.SIGTERM)
+
+
+def restore(sig: signal.Signals, handler: Handler) -> None:
+    signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 @contextlib.contextmanager
@@ -35,12 +43,12 @@ def signals_deferred() -> Iterator[None]:
         yield
     finally:
         for sig, handler in previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-        for sig in dict.fromkeys(received):
-            _deliver(signal.Signals(sig), previous[signal.Signals(sig)])
+            restore(sig, handler)
+        for signum in dict.fromkeys(received):
+            _deliver(signal.Signals(signum), previous[signal.Signals(signum)])
 
 
-def _deliver(sig: signal.Signals, handler: object) -> None:
+def _deliver(sig: signal.Signals, handler: Handler) -> None:
     if handler is signal.SIG_IGN:
         return
     if callable(handler):

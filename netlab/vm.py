@@ -9,16 +9,16 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any
 
-from netlab.cmd import run_cmd
 from netlab.errors import LabCommandError, LabError
 from netlab.netns import netns_path
+from netlab.probe import EXIT_FAILED
 from netlab.procs import ProcessTracker
+from netlab.runner import run_cmd
 from netlab.wait import wait_until
 
 IPV4_PREFIX = "198.51.100."
 IPV6_PREFIX = "2001:db8::"
-PROBE_FAILED = 3
-"""Exit status of `netlab.probe connect` when the connection failed (it still prints JSON)."""
+PROBE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "probe.py")
 
 _Stream = int | IO[Any] | None
 
@@ -58,8 +58,13 @@ class VM:
         return [*argv, "--", *cmd]
 
     def probe_argv(self, args: Sequence[str]) -> list[str]:
-        """Command line of `netlab.probe` (not yet wrapped by `argv`)."""
-        return [sys.executable, "-m", "netlab.probe", *args]
+        """Command line of `netlab.probe` (not yet wrapped by `argv`).
+
+        The probe is run by file path with -P (nothing prepended to sys.path): it needs
+        only the standard library, so it works from any directory, as any user, whether
+        or not this package is importable there.
+        """
+        return [sys.executable, "-P", PROBE_FILE, *args]
 
     def run(
         self,
@@ -70,7 +75,7 @@ class VM:
         user: int | None = None,
         group: int | None = None,
         env: Mapping[str, str] | None = None,
-        input: str | None = None,  # noqa: A002 - same name as subprocess.run's parameter
+        input: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run `cmd` inside the VM and wait; raise LabCommandError on failure if `check`."""
         self._require_running()
@@ -99,6 +104,9 @@ class VM:
 
         `cgroup` is a cgroup v2 directory the child joins before exec (as root, before
         nsenter drops to `user`), so even its first syscall runs inside that cgroup.
+        Output goes to pipes by default: read them (or `stop()` the process, which
+        returns them), or pass DEVNULL for a chatty long-lived process, whose writes
+        would otherwise block once a pipe is full.
         """
         self._require_running()
         argv = self.argv(cmd, user=user, group=group)
@@ -109,7 +117,7 @@ class VM:
                 raise LabError(f"not a cgroup v2 directory: {cgroup}", cmd=argv, netns=self.netns)
             join = _cgroup_joiner(procs)
         try:
-            proc = subprocess.Popen(  # noqa: PLW1509 - the hook only writes our pid to a file
+            proc = subprocess.Popen(
                 argv,
                 stdin=stdin,
                 stdout=stdout,
@@ -117,7 +125,7 @@ class VM:
                 text=True,
                 env=dict(env) if env is not None else None,
                 start_new_session=True,
-                preexec_fn=join,
+                preexec_fn=join,  # noqa: PLW1509 - only writes our pid to a file
             )
         except (OSError, subprocess.SubprocessError) as exc:
             raise LabError(f"cannot start command: {exc}", cmd=argv, netns=self.netns) from exc
@@ -181,6 +189,7 @@ class VM:
         """Connect from this VM with `netlab.probe connect`; return the JSON it printed.
 
         A failed connection is data, not an exception: the result is {"error": ...}.
+        An answer that is not a JSON object comes back as {"raw": text}.
         """
         args = ["connect", host, str(port), "--timeout", str(timeout)]
         if source is not None:
@@ -188,7 +197,7 @@ class VM:
         if send is not None:
             args += ["--send", send]
         done = self.run(self.probe_argv(args), check=False, timeout=timeout + 10.0, user=user)
-        if done.returncode not in (0, PROBE_FAILED):
+        if done.returncode not in (0, EXIT_FAILED):
             raise LabCommandError(
                 "probe connect failed",
                 cmd=done.args,
@@ -196,8 +205,21 @@ class VM:
                 returncode=done.returncode,
                 stderr=done.stderr,
             )
-        result: dict[str, Any] = json.loads(done.stdout.splitlines()[0])
-        return result
+        text = done.stdout.strip()
+        if not text:
+            raise LabCommandError(
+                "probe connect printed nothing",
+                cmd=done.args,
+                netns=self.netns,
+                returncode=done.returncode,
+                stderr=done.stderr,
+            )
+        try:
+            result = json.loads(text.splitlines()[0])
+        except ValueError:
+            result = None
+        # Something other than a probe answered (a proxy's error page, say): show it raw.
+        return result if isinstance(result, dict) else {"raw": text}
 
     def _require_running(self) -> None:
         if not os.path.exists(self.netns_path):

@@ -77,6 +77,7 @@ def in_child(fn: Callable[..., T], *args: Any) -> T:
 
 def _child_main() -> None:
     name, args = pickle.loads(sys.stdin.buffer.read())  # noqa: S301  (from our parent)
+    _touch_only_nat()
     handlers: dict[str, Callable[..., Any]] = {"probe": probe, "commit": commit, "read": read}
     fn = handlers[name]
     try:
@@ -84,6 +85,16 @@ def _child_main() -> None:
     except Exception as exc:  # python-iptables raises many kinds; the parent decides
         answer = (False, f"{type(exc).__name__}: {exc}")
     sys.stdout.buffer.write(pickle.dumps(answer))
+
+
+def _touch_only_nat() -> None:
+    """python-iptables resolves a jump to a user chain by opening every table of the family,
+    which makes the kernel instantiate raw, mangle and security tables we never use: residue
+    an uninstall could not take back. This worker only ever touches nat."""
+    import iptc  # noqa: PLC0415
+
+    iptc.Rule.tables = property(lambda self: [iptc.Table(iptc.Table.NAT)])
+    iptc.Rule6.tables = property(lambda self: [iptc.Table6(iptc.Table6.NAT)])
 
 
 def _table(family: Family) -> Any:

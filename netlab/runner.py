@@ -13,7 +13,7 @@ def run_cmd(
     *,
     check: bool = True,
     timeout: float = 30.0,
-    input: str | None = None,  # noqa: A002 - same name as subprocess.run's parameter
+    input: str | None = None,
     env: Mapping[str, str] | None = None,
     netns: str | None = None,
 ) -> subprocess.CompletedProcess[str]:

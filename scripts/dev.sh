@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian 12 machine (apt + a venv) and runs the demo or the tests.
+#   scripts/dev.sh demo    the whole flow in network-namespace VMs
+#   scripts/dev.sh test    lint, type-check and the test suite (what CI runs)
+#   scripts/dev.sh setup   only install what is missing
+# Needs root: the tests and the demo build network namespaces (never touching the host's own).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  iproute2 util-linux procps       # ip netns, nsenter, ps
+  iptables ipset nftables python3-nftables
+  python3-venv python3-pip python3-dev gcc
+)
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+ensure_root() {
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "scripts/dev.sh: needs root (it builds network namespaces); run it with sudo" >&2
+    exit 3
+  fi
+}
+
+ensure_apt() {
+  local missing=()
+  for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    log "apt: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+ensure_venv() {
+  # Debian's own interpreter sees python3-nftables (and later python3-bpfcc); a venv made
+  # from it with --system-site-packages sees them too (DESIGN.md section 4).
+  if [ ! -x .venv/bin/python ]; then
+    log "venv: creating .venv from /usr/bin/python3"
+    /usr/bin/python3 -m venv --system-site-packages .venv
+  fi
+  local stamp=.venv/.sofamesh-installed
+  if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    log "pip: installing sofamesh and its dev tools into .venv"
+    .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+    touch "$stamp"
+  fi
+}
+
+setup() { ensure_root; ensure_apt; ensure_venv; }
+
+run_tests() {
+  setup
+  log "ruff"
+  .venv/bin/ruff check .
+  .venv/bin/ruff format --check .
+  log "mypy"
+  .venv/bin/mypy
+  log "pytest"
+  set +e
+  .venv/bin/pytest "$@"
+  local rc=$?
+  set -e
+  if [ "$rc" -eq 5 ]; then
+    echo "pytest collected no tests" >&2
+    rc=1
+  fi
+  return "$rc"
+}
+
+case "${1:-}" in
+  setup) setup ;;
+  test) shift; run_tests "$@" ;;
+  demo) shift; setup; exec .venv/bin/sofamesh demo "$@" ;;
+  *) echo "usage: scripts/dev.sh demo|test|setup" >&2; exit 2 ;;
+esac
