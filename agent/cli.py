@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from agent.cliutil import require_root
 from agent.hijack_cli import hijack_group, rules_command
 
 log = logging.getLogger("sofamesh")
@@ -45,6 +46,22 @@ def version_command() -> None:
         click.echo(f"sofamesh {version('sofamesh')}")
     except PackageNotFoundError:
         click.echo("sofamesh (not installed as a package)")
+
+
+@main.command("demo")
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "iptables", "nftables"]),
+    default="auto",
+    show_default=True,
+)
+def demo_command(backend: str) -> None:
+    """Run the whole flow in network-namespace VMs (needs root; touches nothing else)."""
+    from agent.demo import run_demo  # noqa: PLC0415  (netlab is only needed here)
+
+    require_root("the demo")
+    run_demo(backend, click.echo)
+    click.echo("demo finished: exit 0")
 
 
 main.add_command(hijack_group)
