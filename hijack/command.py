@@ -11,6 +11,7 @@ import shutil
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from hijack.errors import BackendUnavailable, CommandFailed
@@ -31,6 +32,9 @@ class Runner(Protocol):
 
     def which(self, name: str) -> str | None:
         """Path of an executable, or None."""
+
+    def read(self, path: str) -> str | None:
+        """Contents of a (proc) file, or None when it cannot be read."""
 
 
 class SubprocessRunner:
@@ -61,6 +65,12 @@ class SubprocessRunner:
     def which(self, name: str) -> str | None:
         return shutil.which(name)
 
+    def read(self, path: str) -> str | None:
+        try:
+            return Path(path).read_text()
+        except OSError:
+            return None
+
 
 @dataclass
 class RecordingRunner:
@@ -70,6 +80,7 @@ class RecordingRunner:
         default=lambda argv, stdin: Result(0, "", "")
     )
     present: frozenset[str] = frozenset({"nft", "ipset", "iptables-legacy-save"})
+    files: dict[str, str] = field(default_factory=dict)
     calls: list[tuple[list[str], str | None]] = field(default_factory=list)
 
     def run(self, argv: Sequence[str], *, stdin: str | None = None, check: bool = True) -> Result:
@@ -81,3 +92,6 @@ class RecordingRunner:
 
     def which(self, name: str) -> str | None:
         return f"/usr/sbin/{name}" if name in self.present else None
+
+    def read(self, path: str) -> str | None:
+        return self.files.get(path)

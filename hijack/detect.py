@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
+from hijack.backends import legacy as legacy_tables
 from hijack.backends.base import Backend
 from hijack.backends.iptables import IptablesBackend
 from hijack.backends.nftables import TABLE, NftablesBackend
@@ -74,7 +74,7 @@ def installed_backends(runner: Runner) -> list[str]:
 
 
 def legacy_sofamesh_present(runner: Runner) -> bool:
-    if "SOFAMESH_" in "".join(_legacy_dumps(runner)):
+    if legacy_tables.sofamesh_chains(runner):
         return True
     ipsets = (
         runner.run(["ipset", "list", "-n"], check=False).stdout if runner.which("ipset") else ""
@@ -87,7 +87,9 @@ def preferred(runner: Runner) -> tuple[str, str]:
     if len(installed) == 1:
         return installed[0], f"sofamesh rules are already installed with {installed[0]}"
     legacy = sum(
-        line.startswith("-A ") for dump in _legacy_dumps(runner) for line in dump.splitlines()
+        line.startswith("-A ")
+        for dump in legacy_tables.legacy_dumps(runner).values()
+        for line in dump.splitlines()
     )
     nft = _nft_rule_count(runner)
     if legacy and not nft:
@@ -104,23 +106,6 @@ def preferred(runner: Runner) -> tuple[str, str]:
         if "nf_tables" in version:
             return "nftables", f"no rules yet; the host's iptables is nft-based ({version.strip()})"
     return "nftables", "no rules yet and no iptables command: nftables is the kernel's native API"
-
-
-def _legacy_dumps(runner: Runner) -> list[str]:
-    """Legacy nat dumps, only for tables the kernel already has: reading a legacy table that
-    is not loaded would load it, which is itself a change to the host."""
-    dumps = []
-    for names_file, save in (
-        ("/proc/net/ip_tables_names", "iptables-legacy-save"),
-        ("/proc/net/ip6_tables_names", "ip6tables-legacy-save"),
-    ):
-        try:
-            tables = Path(names_file).read_text().split()
-        except OSError:
-            continue
-        if tables and runner.which(save):
-            dumps.append(runner.run([save], check=False).stdout)
-    return dumps
 
 
 def _nft_rule_count(runner: Runner) -> int:

@@ -88,10 +88,14 @@ def parse_cidr(value: object, field: str) -> IPNetwork:
     """Parse "10.0.0.0/8", "10.1.2.3" (a /32) or an IPv6 prefix; host bits must be zero."""
     if not isinstance(value, str):
         raise ConfigError(field, f"expected a CIDR string, got {value!r}")
+    text = value.strip()
+    # Parse with the family the text names, for a precise reason ("'33' is not a valid
+    # netmask", "has host bits set") instead of ip_network's generic one.
+    kind = ipaddress.IPv6Network if ":" in text else ipaddress.IPv4Network
     try:
-        return ipaddress.ip_network(value.strip(), strict=True)
+        return kind(text, strict=True)
     except ValueError as exc:
-        raise ConfigError(field, f"{value!r} is not a valid CIDR ({exc})") from None
+        raise ConfigError(field, f"{value!r} is not a valid CIDR: {exc}") from None
 
 
 def collapse(

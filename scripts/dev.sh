@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   iproute2 util-linux procps       # ip netns, nsenter, ps
   iptables ipset nftables python3-nftables
-  python3-venv python3-pip python3-dev gcc
+  python3-venv python3-pip
 )
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }

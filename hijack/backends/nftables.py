@@ -10,10 +10,10 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 from hijack.backends.base import Backend, normalize_networks, normalize_ports
+from hijack.backends.legacy import sofamesh_chains
 from hijack.errors import ApplyFailed, CommandFailed
 from hijack.model import (
     PREFIX,
@@ -148,21 +148,7 @@ class NftablesBackend(Backend):
 
     def foreign_objects(self) -> list[str]:
         """Legacy-iptables sofamesh chains: present means the iptables backend owns this host."""
-        found: list[str] = []
-        for family, names_file, save in (
-            ("ip", "/proc/net/ip_tables_names", "iptables-legacy-save"),
-            ("ip6", "/proc/net/ip6_tables_names", "ip6tables-legacy-save"),
-        ):
-            try:
-                loaded = Path(names_file).read_text().split()
-            except OSError:
-                continue
-            if "nat" not in loaded or self.runner.which(save) is None:
-                continue
-            dump = self.runner.run([save, "-t", "nat"], check=False).stdout
-            if "SOFAMESH_" in dump:
-                found.append(f"legacy {family} nat table has SOFAMESH_ chains")
-        return found
+        return [f"legacy {f} nat table has SOFAMESH_ chains" for f in sofamesh_chains(self.runner)]
 
     def _table_exists(self) -> bool:
         result = self.runner.run(["nft", "list", "table", FAMILY, TABLE], check=False)
