@@ -316,3 +316,13 @@ def test_uninstall_on_a_fresh_node_leaves_no_rules_sets_or_chains(mesh: Mesh) ->
     after = mesh.dump()
     assert _without_empty_tables(after) == before
     assert "sofamesh" not in after.lower()
+
+
+def test_ipv6_off_is_said_out_loud_and_leaves_ipv6_direct(mesh: Mesh) -> None:
+    """R-HJ-9: IPv6 is intercepted with the same rules, or explicitly not at all."""
+    assert mesh.node.ipv6 is not None
+    result = mesh.apply({"ipv6": False})
+    assert "IPv6 traffic is NOT intercepted" in result.stdout
+    assert landed(mesh.peer.probe_connect(mesh.node.ipv6, 8080)) == "node:8080"
+    assert landed(mesh.node.probe_connect(mesh.peer.ipv6, 8080)) == "peer:8080"
+    assert landed(mesh.peer.probe_connect(mesh.node.ipv4, 8080)) == "inbound"
