@@ -11,6 +11,7 @@ import click
 
 from agent.cliutil import require_root
 from agent.hijack_cli import hijack_group, rules_command
+from agent.sidecar_cli import sidecar_group
 
 log = logging.getLogger("sofamesh")
 
@@ -66,3 +67,4 @@ def demo_command(backend: str) -> None:
 
 main.add_command(hijack_group)
 main.add_command(rules_command)
+main.add_command(sidecar_group)

@@ -8,7 +8,7 @@ File (YAML or JSON); every key optional, `{}` means all defaults:
     admin: {address: 127.0.0.1, port: 15000}
     workers: 1                          # processes serving the listeners (SO_REUSEPORT)
     original_dst: nat                   # nat: SO_ORIGINAL_DST; local: the socket's own address
-    inbound_source: 127.0.0.6           # source address for connections to the local app ("" = none)
+    inbound_source: 127.0.0.6           # source of connections to the local app ("" = none)
     limits: {"8080": 100}               # max concurrent requests per app port, 0 = unlimited
     timeouts: {connect: 5, idle: 300, drain: 15, request_head: 60}
     access_log: {path: "", max_bytes: 10485760, backups: 3}
