@@ -92,6 +92,8 @@ class Downstream(asyncio.Protocol):
         self.last_active = time.monotonic()
         self.stats = PortStats(direction, 0)  # replaced once the destination is known
         self.dst: tuple[str, int] = ("", 0)
+        self._out_down: list[bytes] | None = None
+        self._out_up: list[bytes] | None = None
 
     # -- downstream side -------------------------------------------------------------------
 
@@ -239,7 +241,11 @@ class Downstream(asyncio.Protocol):
     def _to_upstream(self, data: bytes) -> None:
         up = self.up
         if up is not None and up.transport is not None:
-            up.transport.write(data)
+            out = self._out_up
+            if out is None:
+                up.transport.write(data)
+            else:
+                out.append(data)
             return
         self.pending.append(data)
         self.pending_size += len(data)
@@ -249,11 +255,32 @@ class Downstream(asyncio.Protocol):
     def _write_down(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
             self.stats.bytes_sent += len(data)
-            self.transport.write(data)
+            out = self._out_down
+            if out is None:
+                self.transport.write(data)
+            else:
+                out.append(data)
+
+    def _flush_down(self, out: list[bytes]) -> None:
+        """One write (one syscall) for everything one upstream read produced."""
+        self._out_down = None
+        if out and self.transport is not None and not self.closed:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     # -- HTTP requests (downstream -> upstream) --------------------------------------------
 
     def _request_bytes(self, data: bytes) -> None:
+        out: list[bytes] = []
+        self._out_up = out
+        try:
+            self._request_events(data)
+        finally:
+            self._out_up = None
+            up = self.up
+            if out and up is not None and up.transport is not None:
+                up.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _request_events(self, data: bytes) -> None:
         for kind, head, chunk in self.req.feed(data):
             if kind == "body":
                 if not self.discarding:
@@ -320,6 +347,14 @@ class Downstream(asyncio.Protocol):
                 self.sniffed = b""
             self._write_down(data)
             return
+        out: list[bytes] = []
+        self._out_down = out
+        try:
+            self._response_events(data)
+        finally:
+            self._flush_down(out)
+
+    def _response_events(self, data: bytes) -> None:
         for kind, head, chunk in self.resp.feed(data):
             if kind == "body":
                 self._write_down(chunk)
@@ -438,6 +473,11 @@ class Downstream(asyncio.Protocol):
         self._finish()
 
     def _close(self) -> None:
+        out = self._out_down
+        if out and self.transport is not None and not self.closed:
+            # Bytes this read already produced go out before the close.
+            self.transport.write(b"".join(out))
+            out.clear()
         if self.transport is not None and not self.closed:
             self.transport.close()
         if self.up is not None and self.up.transport is not None:
@@ -455,7 +495,7 @@ class Downstream(asyncio.Protocol):
         self.awaiting.clear()
         self.requests.clear()
         self.stats.active_connections -= 1
-        self.worker.connections.discard(self)
+        self.worker.forget(self)
         if self.up is not None and self.up.transport is not None:
             self.up.transport.close()
 

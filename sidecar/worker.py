@@ -6,6 +6,7 @@ startup() / main_loop() / shutdown() as uvicorn has them; signal handlers only s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import socket
@@ -43,6 +44,13 @@ class Worker:
         self.access_log = AccessLog(config.access_log)
         self._own_ports = {config.inbound_port, config.outbound_port}
         self._sweeper: asyncio.Task[None] | None = None
+        self._all_closed = asyncio.Event()
+
+    def forget(self, conn: Downstream) -> None:
+        """A connection closed; the last one to close during a drain ends the wait."""
+        self.connections.discard(conn)
+        if self.draining and not self.connections:
+            self._all_closed.set()
 
     def _limit_for(self, port: int) -> int:
         return self.config.limit_for(port)
@@ -74,9 +82,12 @@ class Worker:
         self.draining = True
         for server in self.servers:
             server.close()
-        deadline = time.monotonic() + timeout
-        while self.connections and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)  # polling our own set: bounded by the drain deadline
+        for conn in list(self.connections):
+            if not conn.busy() and time.monotonic() - conn.last_active > DRAIN_IDLE_GRACE:
+                conn.idle_close()
+        if self.connections:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_closed.wait(), timeout)
         for conn in list(self.connections):
             conn._close()
 
