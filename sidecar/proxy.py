@@ -461,6 +461,10 @@ class Downstream(asyncio.Protocol):
         if not self.requests and self.req.idle and self.held is None:
             self._close()
 
+    def waiting_for_head(self) -> bool:
+        """Part of a request head (or of the first bytes) arrived, the rest did not."""
+        return bool(self.sniffed) or (self.mode == "http" and bool(self.req.buffer))
+
     def busy(self) -> bool:
         return bool(self.requests) or not self.req.idle
 

@@ -96,8 +96,13 @@ class Worker:
             await asyncio.sleep(SWEEP_INTERVAL)
             now = time.monotonic()
             idle_limit = self.config.timeouts.idle
+            head_limit = self.config.timeouts.request_head
             for conn in list(self.connections):
                 quiet = now - conn.last_active
+                if conn.mode != "tcp" and conn.waiting_for_head() and quiet > head_limit:
+                    conn.stats.errors["timeout"] += 1
+                    conn._close()  # a client that never finishes its request head
+                    continue
                 if quiet > idle_limit or (self.draining and quiet > DRAIN_IDLE_GRACE):
                     if conn.mode == "tcp" and not self.draining:
                         conn._close()
