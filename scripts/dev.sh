@@ -3,6 +3,7 @@
 #   scripts/dev.sh demo    the whole flow in network-namespace VMs
 #   scripts/dev.sh test    lint, type-check and the test suite (what CI runs)
 #   scripts/dev.sh setup   only install what is missing
+#   scripts/dev.sh bench bench/proxy.py --write-results   a benchmark, with its packages
 # Needs root: the tests and the demo build network namespaces (never touching the host's own).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +12,9 @@ APT_PACKAGES=(
   iproute2 util-linux procps       # ip netns, nsenter, ps
   iptables ipset nftables python3-nftables
   python3-venv python3-pip
+  curl nginx-light wrk redis-server  # real peers for the sidecar tests
 )
+BENCH_PACKAGES=(haproxy)           # the peer proxy bench/proxy.py compares against
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -24,13 +27,20 @@ ensure_root() {
 
 ensure_apt() {
   local missing=()
-  for pkg in "${APT_PACKAGES[@]}"; do
+  for pkg in "$@"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
   done
   if [ "${#missing[@]}" -gt 0 ]; then
     log "apt: installing ${missing[*]}"
     apt-get update -qq
+    # Packages like nginx and redis must not start services on the host itself: every
+    # server the tests need runs inside a namespace VM they create.
+    local policy=/usr/sbin/policy-rc.d created=""
+    if [ ! -e "$policy" ]; then
+      printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && created=1
+    fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    if [ -n "$created" ]; then rm -f "$policy"; fi
   fi
 }
 
@@ -49,7 +59,7 @@ ensure_venv() {
   fi
 }
 
-setup() { ensure_root; ensure_apt; ensure_venv; }
+setup() { ensure_root; ensure_apt "${APT_PACKAGES[@]}"; ensure_venv; }
 
 run_tests() {
   setup
@@ -74,5 +84,6 @@ case "${1:-}" in
   setup) setup ;;
   test) shift; run_tests "$@" ;;
   demo) shift; setup; exec .venv/bin/sofamesh demo "$@" ;;
-  *) echo "usage: scripts/dev.sh demo|test|setup" >&2; exit 2 ;;
+  bench) shift; setup; ensure_apt "${BENCH_PACKAGES[@]}"; exec .venv/bin/python "$@" ;;
+  *) echo "usage: scripts/dev.sh demo|test|setup|bench SCRIPT [ARGS]" >&2; exit 2 ;;
 esac
