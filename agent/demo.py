@@ -1,14 +1,17 @@
 """`sofamesh demo`: the interception flow end to end in network-namespace VMs.
 
-Until the sidecar and the console land, a minimal transparent forwarder (netlab's probe,
-running as the proxy user) stands in for the sidecar, so the demo shows real traffic
-being intercepted, passing through the stand-in, and reaching the real destination.
-Nothing outside the lab's namespaces is touched; the lab is torn down on exit or Ctrl-C.
+A node VM runs an HTTP app and the real sidecar (as the proxy user); the interception
+rules are installed in the order the agent will use (sidecar healthy first, then rules;
+rules removed first, then the sidecar drained). A client VM calls the app through the
+sidecar, the node calls out through it, blacklisted traffic goes direct, and the sidecar's
+own counters show what passed. Nothing outside the lab's namespaces is touched; the lab
+is torn down on exit or Ctrl-C.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -35,54 +38,65 @@ class Demo:
         got = src.probe_connect(dst, port)
         if "error" in got:
             return f"{src.name} -> {dst}:{port}: FAILED ({got['error']})"
-        return (
-            f"{src.name} -> {dst}:{port}: answered by {got['name']}, "
-            f"which saw the connection come from {got['peer']}"
+        return f"{src.name} -> {dst}:{port}: answered by {got['name']}, which saw {got['peer']}"
+
+    def curl(self, url: str) -> str:
+        result = self.client.run(
+            ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{size_download} bytes", url],
+            check=False,
         )
+        return f"client: GET {url} -> {result.stdout or result.stderr.strip()}"
 
-    def start_services(self) -> None:
-        for vm, port in (
-            (self.node, 8080),
-            (self.node, 9090),
-            (self.client, 8080),
-            (self.db, 5432),
-        ):
-            proc = vm.spawn(
-                vm.probe_argv(
-                    [
-                        "listen",
-                        "--port",
-                        str(port),
-                        "--family",
-                        "both",
-                        "--name",
-                        f"{vm.name}-app:{port}",
-                    ]
-                )
-            )
+    def sidecar_stats(self) -> dict[str, Any]:
+        out = self.node.run(["curl", "-sS", "http://127.0.0.1:15000/stats"]).stdout
+        doc: dict[str, Any] = json.loads(out)
+        return doc
+
+    def start_apps(self) -> None:
+        www = self.workdir / "www"
+        www.mkdir()
+        (www / "hello.txt").write_text("hello from the app on node\n")
+        www.chmod(0o755)
+        self.app = self.node.spawn(
+            [sys.executable, "-m", "http.server", "8080", "--bind", "::", "--directory", str(www)]
+        )
+        self.node.wait_for_port(8080, host=None, process=self.app)
+        for vm, port in ((self.node, 9090), (self.client, 8080), (self.db, 5432)):
+            args = [
+                "listen",
+                "--port",
+                str(port),
+                "--family",
+                "both",
+                "--name",
+                f"{vm.name}-app:{port}",
+            ]
+            proc = vm.spawn(vm.probe_argv(args))
             vm.wait_for_port(port, host=None, process=proc)
-        self.sidecar = {
-            "in": self._forwarder(15006, "sidecar-inbound", "127.0.0.6"),
-            "out": self._forwarder(15001, "sidecar-outbound", None),
-        }
 
-    def _forwarder(self, port: int, name: str, source: str | None) -> Any:
-        args = ["forward", "--port", str(port), "--family", "both", "--name", name]
-        if source:
-            args += ["--source", source]
-        proc = self.node.spawn(self.node.probe_argv(args), user=PROXY_UID)
-        self.node.wait_for_port(port, host=None, process=proc)
-        return proc
+    def start_sidecar(self) -> None:
+        state = self.workdir / "sidecar"
+        state.mkdir()
+        os.chown(state, PROXY_UID, PROXY_UID)
+        config = self.workdir / "sidecar.json"
+        config.write_text(json.dumps({"state_dir": str(state), "limits": {"8080": 100}}))
+        self.sidecar = self.node.spawn(
+            [sys.executable, "-m", "agent", "sidecar", "run", "--config", str(config)],
+            user=PROXY_UID,
+        )
+        self.node.wait_for_port(15000, process=self.sidecar)
 
     def run(self) -> None:
         say, node = self.say, self.node
         say(f"lab: node {node.ipv4}, client {self.client.ipv4}, db {self.db.ipv4}")
         say("     (each VM a network namespace; the bridge lives in its own namespace)")
-        self.start_services()
-        say("node runs apps on 8080 and 9090;")
-        say("a stand-in sidecar (uid 1337) listens on 15006 (inbound) and 15001 (outbound)")
+        self.start_apps()
+        say("node runs an HTTP app on 8080 and a TCP service on 9090")
+        app_url = f"http://{node.ipv4}:8080/hello.txt"
         say("1. before install, traffic is direct:")
-        say("   " + self.call(self.client, node.ipv4, 8080))
+        say("   " + self.curl(app_url))
+        say("2. start the sidecar as the proxy user (uid 1337) and wait until it is healthy")
+        self.start_sidecar()
         config = {
             "proxy": {"user": PROXY_UID},
             "inbound": {"exclude_ports": [9090]},
@@ -90,39 +104,48 @@ class Demo:
         }
         path = self.workdir / "hijack.json"
         path.write_text(json.dumps(config, indent=2))
-        say(f"2. install interception ({self.backend}); config: {json.dumps(config)}")
+        say(f"3. then install interception ({self.backend}); config: {json.dumps(config)}")
         for line in self.sofamesh(
             "hijack", "apply", "--backend", self.backend, "--config", str(path)
         ).splitlines():
             say("   " + line)
-        say("3. inbound: client -> node:8080 is redirected to the sidecar,")
-        say("   which forwards it to the app from 127.0.0.6:")
-        say("   " + self.call(self.client, node.ipv4, 8080))
-        say("   port 9090 is blacklisted, so it stays direct:")
+        say("4. inbound HTTP now flows through the sidecar, which meters it:")
+        for _ in range(3):
+            say("   " + self.curl(app_url))
+        say("   " + self.curl(f"http://{node.ipv4}:8080/missing"))
+        say("   blacklisted port 9090 stays direct:")
         say("   " + self.call(self.client, node.ipv4, 9090))
-        say("   SSH-class ports (1-1024 except 80) are never intercepted.")
-        say("4. outbound: node -> client:8080 goes through the sidecar's outbound listener:")
-        say("   " + self.call(node, self.client.ipv4, 8080))
+        say("5. outbound: node -> client:8080 goes through the sidecar;")
         say("   node -> db (a blacklisted CIDR) goes direct:")
+        say("   " + self.call(node, self.client.ipv4, 8080))
         say("   " + self.call(node, self.db.ipv4, 5432))
-        say("5. the rules, with hit counters and digest (sofamesh hijack status):")
-        for line in self.sofamesh("hijack", "status").splitlines():
-            say("   " + line)
-        say("6. uninstall (sofamesh hijack remove):")
-        say("   " + self.sofamesh("hijack", "remove").strip())
-        say("   " + self.call(self.client, node.ipv4, 8080))
-        for key, proc in self.sidecar.items():
-            out, _ = node.stop(proc)
-            seen = [json.loads(line) for line in out.splitlines() if line.strip()]
+        say("6. what the sidecar counted (GET 127.0.0.1:15000/stats):")
+        for port in self.sidecar_stats()["ports"]:
+            codes = port["responses"]
             say(
-                f"   the stand-in sidecar ({key}bound) carried {len(seen)} connection(s): "
-                + ", ".join(f"{s['peer']} -> {s['orig_dst']}" for s in seen)
+                f"   {port['direction']:>8} port {port['port']:<5}"
+                f" connections {port['connections_total']} requests {port['requests_total']}"
+                f" 2xx {codes['2xx']} 4xx {codes['4xx']}"
+                f" bytes in/out {port['bytes_received']}/{port['bytes_sent']}"
             )
+        say("7. the rules, with hit counters and digest (sofamesh hijack status):")
+        for line in self.sofamesh("hijack", "status").splitlines()[:6]:
+            say("   " + line)
+        say("8. uninstall in the safe order: rules first, then drain the sidecar:")
+        say("   " + self.sofamesh("hijack", "remove").strip())
+        self.sidecar.terminate()
+        code = self.sidecar.wait(timeout=30)
+        say(f"   sidecar drained and exited with status {code}")
+        say("   " + self.curl(app_url))
+        _, app_log = node.stop(self.app)
+        peers = sorted({line.split()[0] for line in app_log.splitlines() if "GET /" in line})
+        say(f"   the app saw requests from: {', '.join(peers)} (127.0.0.6 = through the sidecar)")
 
 
 @contextmanager
 def workspace() -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="sofamesh-demo-") as tmp:
+        os.chmod(tmp, 0o755)  # noqa: S103  (the sidecar, uid 1337, reads its config here)
         yield Path(tmp)
 
 
