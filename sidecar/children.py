@@ -91,6 +91,9 @@ def _worker_main(
     # If the master dies, so do we (the agent restarts the whole sidecar).
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    # Reload is the master's job (it relays the new config); a group-wide SIGHUP must not
+    # kill a worker by its default action.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     logs.setup(config.log_level)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(_serve(config, listeners, gate, control))
