@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from agent.cliutil import require_root
+from agent.console_cli import console_group
 from agent.hijack_cli import hijack_group, rules_command
 from agent.sidecar_cli import sidecar_group
 
@@ -68,3 +69,4 @@ def demo_command(backend: str) -> None:
 main.add_command(hijack_group)
 main.add_command(rules_command)
 main.add_command(sidecar_group)
+main.add_command(console_group)
