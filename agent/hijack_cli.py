@@ -57,14 +57,26 @@ def apply_command(ctx: click.Context, config_file: Path, backend: str) -> None:
 
 @hijack_group.command("remove")
 @BACKEND_OPTION
+@click.option(
+    "--park",
+    is_flag=True,
+    help="Stop intercepting new connections but keep those already redirected working "
+    "(for draining the sidecar); run a plain remove afterwards.",
+)
 @click.pass_context
-def remove_command(ctx: click.Context, backend: str) -> None:
+def remove_command(ctx: click.Context, backend: str, park: bool) -> None:
     """Remove every sofamesh rule and set (and nothing else)."""
     require_root("hijack remove")
     with errors_to_exit():
-        removed = engine.remove(backend)
+        removed = engine.remove(backend, park=park)
     _paths(ctx).hijack_state.unlink(missing_ok=True)
-    click.echo(f"removed from {', '.join(removed)}" if removed else "nothing to remove")
+    if park:
+        click.echo(
+            "parked: new connections go direct; redirected ones keep working until "
+            "`sofamesh hijack remove`"
+        )
+    else:
+        click.echo(f"removed from {', '.join(removed)}" if removed else "nothing to remove")
 
 
 @hijack_group.command("status")

@@ -55,12 +55,13 @@ def apply(config: HijackConfig, backend: str = "auto", runner: Runner | None = N
     return ApplyResult(choice.backend.name, choice.reason, the_plan, True, expected.digest)
 
 
-def remove(backend: str = "auto", runner: Runner | None = None) -> list[str]:
+def remove(backend: str = "auto", runner: Runner | None = None, *, park: bool = False) -> list[str]:
     """Remove sofamesh rules; `auto` removes them from whichever variant holds them.
-    Returns the backends that had something to remove."""
+    Returns the backends that had something to remove. With park=True, connections already
+    redirected keep working until a plain remove (see Backend.remove)."""
     runner = runner or SubprocessRunner()
     names = installed_backends(runner) if backend == "auto" else [backend]
-    return [n for n in names if make_backend(n, runner).remove()]
+    return [n for n in names if make_backend(n, runner).remove(park=park)]
 
 
 def status(config: HijackConfig | None = None, runner: Runner | None = None) -> Status:

@@ -9,6 +9,7 @@ File (YAML or JSON); every key optional, `{}` means all defaults:
     workers: 1                          # processes serving the listeners (SO_REUSEPORT)
     original_dst: nat                   # nat: SO_ORIGINAL_DST; local: the socket's own address
     inbound_source: 127.0.0.6           # source of connections to the local app ("" = none)
+    inbound_source6: "::6"              # the same for IPv6 (the hijack backend puts it on lo)
     limits: {"8080": 100}               # max concurrent requests per app port, 0 = unlimited
     timeouts: {connect: 5, idle: 300, drain: 15, request_head: 60}
     access_log: {path: "", max_bytes: 10485760, backups: 3}
@@ -59,6 +60,7 @@ class SidecarConfig:
     workers: int = 1
     original_dst: str = "nat"
     inbound_source: str = "127.0.0.6"
+    inbound_source6: str = "::6"
     limits: tuple[tuple[int, int], ...] = ()
     timeouts: Timeouts = field(default_factory=Timeouts)
     access_log: AccessLog = field(default_factory=AccessLog)
@@ -78,6 +80,7 @@ class SidecarConfig:
             "workers": self.workers,
             "original_dst": self.original_dst,
             "inbound_source": self.inbound_source,
+            "inbound_source6": self.inbound_source6,
             "limits": {str(p): n for p, n in self.limits},
             "timeouts": {
                 "connect": self.timeouts.connect,
@@ -113,6 +116,7 @@ class SidecarConfig:
                 "workers",
                 "original_dst",
                 "inbound_source",
+                "inbound_source6",
                 "limits",
                 "timeouts",
                 "access_log",
@@ -147,6 +151,9 @@ class SidecarConfig:
             original_dst=_choice(doc.get("original_dst", "nat"), "original_dst", ("nat", "local")),
             inbound_source=_address(
                 doc.get("inbound_source", "127.0.0.6"), "inbound_source", empty_ok=True
+            ),
+            inbound_source6=_address(
+                doc.get("inbound_source6", "::6"), "inbound_source6", empty_ok=True
             ),
             limits=limits,
             timeouts=Timeouts(

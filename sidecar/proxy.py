@@ -8,6 +8,7 @@ metered through the framer (http1.py) without changing a byte; anything else is 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 import struct
@@ -152,9 +153,12 @@ class Downstream(asyncio.Protocol):
         host, port = self.dst
         config = self.worker.config
         local = None
-        source = config.inbound_source
-        if self.direction == "inbound" and source and (":" in source) == (":" in host):
-            local = (source, 0)
+        if self.direction == "inbound":
+            # The rules pass the sidecar's connection to the app only from this source;
+            # connecting without it would be intercepted again and loop back to us.
+            source = config.inbound_source6 if ":" in host else config.inbound_source
+            if source:
+                local = (source, 0)
         try:
             _, up = await asyncio.wait_for(
                 self.worker.loop.create_connection(
@@ -163,6 +167,10 @@ class Downstream(asyncio.Protocol):
                 timeout=config.timeouts.connect,
             )
         except (OSError, TimeoutError) as exc:
+            if local is not None and getattr(exc, "errno", None) == errno.EADDRNOTAVAIL:
+                why = f"source {local[0]} is not on this host (is this family intercepted?)"
+                exc = OSError(exc.errno, why)
+                log.error("inbound to %s:%s: %s", host, port, exc.strerror)
             self._upstream_unreachable(exc)
             return
         if self.closed:

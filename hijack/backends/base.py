@@ -10,6 +10,11 @@ from hijack.command import Runner
 from hijack.model import Installed, Plan, View
 from hijack.values import IPNetwork, PortRange, merge_ranges
 
+# The inert rule a parked removal leaves: redirects to a port nothing listens on, in a chain
+# no hook reaches; it exists only to keep the kernel's NAT state for redirected connections.
+PARK_PORT = 1
+PARK_COMMENT = "sofamesh:parked"
+
 
 class Backend(abc.ABC):
     """A way to intercept connections in the current network namespace."""
@@ -37,8 +42,13 @@ class Backend(abc.ABC):
         previous state is restored and ApplyFailed is raised."""
 
     @abc.abstractmethod
-    def remove(self) -> bool:
-        """Remove everything this backend installed (and nothing else); True if anything was."""
+    def remove(self, *, park: bool = False) -> bool:
+        """Remove everything this backend installed (and nothing else); True if anything was.
+
+        park=True leaves one inert NAT rule (never reached) so the kernel keeps translating
+        connections that were redirected before: without any NAT rule left in the namespace
+        the kernel stops conntrack there and those connections are reset. Run a plain
+        remove() once the sidecar has drained."""
 
     @abc.abstractmethod
     def inspect(self) -> Installed:

@@ -9,8 +9,14 @@ put back from a snapshot taken before the first change.
 
 from __future__ import annotations
 
-from hijack.backends import ipset, libiptc
-from hijack.backends.base import Backend, normalize_networks, normalize_ports
+from hijack.backends import ipset, libiptc, loopback
+from hijack.backends.base import (
+    PARK_COMMENT,
+    PARK_PORT,
+    Backend,
+    normalize_networks,
+    normalize_ports,
+)
 from hijack.backends.iptrule import IptRule, Param
 from hijack.errors import ApplyFailed, CommandFailed, HijackError
 from hijack.model import (
@@ -40,6 +46,15 @@ CHAIN_PREFIX = "SOFAMESH_"
 SAVE = {4: "iptables-legacy-save", 6: "ip6tables-legacy-save"}
 RESTORE = {4: "iptables-legacy-restore", 6: "ip6tables-legacy-restore"}
 FAMILY_LABEL = {4: "ip", 6: "ip6"}
+PARKED_RULE = IptRule(
+    chain="SOFAMESH_PARKED",
+    src=None,
+    dst=None,
+    out_iface=None,
+    matches=(("comment", (("comment", PARK_COMMENT),)),),
+    target="REDIRECT",
+    target_params=(("to-ports", str(PARK_PORT)),),
+)
 
 
 def to_ipt(rule: Rule, chain: str) -> IptRule:
@@ -138,11 +153,15 @@ class IptablesBackend(Backend):
                 comments = tuple(r.comment for r in c.rules if r.applies_to(family))
                 chains.append((f"{label}/nat/{CHAIN_NAMES[c.name]}", comments))
         sets = [(ipset.kernel_name(s.name), _normalized(s)) for s in plan.sets]
+        if 6 in plan.families:
+            sets.append((loopback.VIEW_KEY, (f"{loopback.ADDRESS}/128",)))
         return View(tuple(sorted(chains)), tuple(sorted(sets)))
 
     # -- kernel ---------------------------------------------------------------------------
 
     def apply(self, plan: Plan) -> None:
+        if 6 in plan.families:
+            loopback.ensure(self.runner)
         existing_sets = ipset.list_sets(self.runner)
         live_sets = {n for n in existing_sets if not n.endswith(ipset.NEXT_SUFFIX)}
         set_snapshot = ipset.snapshot_script(self.runner, live_sets)
@@ -158,11 +177,14 @@ class IptablesBackend(Backend):
             self._rollback(table_snapshot, set_snapshot, live_sets)
             raise ApplyFailed(f"iptables apply failed and was rolled back: {exc}") from exc
 
-    def remove(self) -> bool:
+    def remove(self, *, park: bool = False) -> bool:
         removed = False
         for family in (4, 6):
-            removed |= libiptc.in_child(libiptc.commit, family, [], [])
+            body = [PARKED_RULE] if park else []
+            removed |= libiptc.in_child(libiptc.commit, family, body, [])
         removed |= self._destroy_sets(keep=set())
+        if not park:
+            removed |= loopback.remove(self.runner)
         return removed
 
     def inspect(self) -> Installed:
@@ -185,6 +207,8 @@ class IptablesBackend(Backend):
             header, items = ipset.save(self.runner, name)
             sets[name] = ipset.normalized(header, items)
             sizes[name] = len(items)
+        if loopback.ours(self.runner):
+            sets[loopback.VIEW_KEY] = (f"{loopback.ADDRESS}/128",)
         view = View(tuple(sorted(chains.items())), tuple(sorted(sets.items())))
         return Installed(self.name, tuple(rules), view, tuple(sorted(sizes.items())))
 

@@ -12,7 +12,14 @@ import json
 import re
 from typing import Any
 
-from hijack.backends.base import Backend, normalize_networks, normalize_ports
+from hijack.backends import loopback
+from hijack.backends.base import (
+    PARK_COMMENT,
+    PARK_PORT,
+    Backend,
+    normalize_networks,
+    normalize_ports,
+)
 from hijack.backends.legacy import sofamesh_chains
 from hijack.errors import ApplyFailed, CommandFailed
 from hijack.model import (
@@ -81,11 +88,15 @@ class NftablesBackend(Backend):
         ]
         chains += [(f"{TABLE}/{c.name}", tuple(r.comment for r in c.rules)) for c in plan.chains]
         sets = [(s.name, _normalize_spec(s)) for s in plan.sets]
+        if 6 in plan.families:
+            sets.append((loopback.VIEW_KEY, (f"{loopback.ADDRESS}/128",)))
         return View(tuple(sorted(chains)), tuple(sorted(sets)))
 
     # -- kernel ---------------------------------------------------------------------------
 
     def apply(self, plan: Plan) -> None:
+        if 6 in plan.families:
+            loopback.ensure(self.runner)
         try:
             self.runner.run(["nft", "-f", "-"], stdin=self.render(plan))
         except CommandFailed as exc:
@@ -94,13 +105,22 @@ class NftablesBackend(Backend):
                 f"nft rejected the plan, nothing changed: {exc.stderr.strip()}"
             ) from exc
 
-    def remove(self) -> bool:
+    def remove(self, *, park: bool = False) -> bool:
         existed = self._table_exists()
-        if existed:
-            self.runner.run(
-                ["nft", "-f", "-"],
-                stdin=f"table {FAMILY} {TABLE} {{}}\ndelete table {FAMILY} {TABLE}\n",
+        script = f"table {FAMILY} {TABLE} {{}}\ndelete table {FAMILY} {TABLE}\n"
+        if park:
+            # Empty nat base chains keep the kernel's NAT hooks (which translate connections
+            # redirected earlier); the unreached redirect keeps conntrack on in the namespace.
+            rule = f'meta l4proto tcp redirect to :{PARK_PORT} comment "{PARK_COMMENT}"'
+            hooks = "".join(
+                f"\tchain {hook} {{\n\t\ttype nat hook {hook} {prio}; policy accept;\n\t}}\n"
+                for hook, prio in HOOKS.items()
             )
+            script += f"table {FAMILY} {TABLE} {{\n{hooks}\tchain parked {{\n\t\t{rule}\n\t}}\n}}\n"
+        if existed or park:
+            self.runner.run(["nft", "-f", "-"], stdin=script)
+        if not park:
+            loopback.remove(self.runner)
         return existed
 
     def inspect(self) -> Installed:
@@ -141,6 +161,8 @@ class NftablesBackend(Backend):
                         bytes=int(counter.get("bytes", 0)),
                     )
                 )
+        if loopback.ours(self.runner):
+            sets[loopback.VIEW_KEY] = (f"{loopback.ADDRESS}/128",)
         view = View(
             tuple(sorted((k, tuple(v)) for k, v in chains.items())), tuple(sorted(sets.items()))
         )

@@ -95,6 +95,7 @@ class Mesh:
             ["ip6tables-legacy-save"],
             ["nft", "list", "ruleset"],
             ["ipset", "save"],
+            ["ip", "-6", "addr", "show", "dev", "lo"],  # ::6, the sidecar's IPv6 source
         ):
             out = self.node.run(cmd, check=False).stdout
             out = re.sub(r"^#.*$", "", out, flags=re.M)

@@ -8,6 +8,7 @@
                                                    GET /_reset (in flight, max in flight)
     python -P sidecar_apps.py ws-echo --port P     WebSocket echo (RFC 6455)
     python -P sidecar_apps.py tcp-echo --port P    echoes bytes back (not HTTP)
+    python -P sidecar_apps.py banner --port P      speaks first (BANNER), then echoes
 
     python -P sidecar_apps.py raw HOST PORT --send FILE [--out FILE] [--read-bytes N]
     python -P sidecar_apps.py requests HOST PORT PATH...
@@ -39,6 +40,7 @@ from typing import Any, Protocol
 
 IO_TIMEOUT = 30.0
 HOLD_LIMIT = 120.0  # a held request is answered 504 after this, so nothing waits forever
+BANNER = b"220 server speaks first\r\n"  # as SMTP, FTP and MySQL do
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 CHUNK = 64 * 1024
 
@@ -181,12 +183,20 @@ class WebSocketEcho(socketserver.StreamRequestHandler):
 
 
 class TcpEcho(socketserver.BaseRequestHandler):
+    banner = b""
+
     def handle(self) -> None:
         conn: socket.socket = self.request
         conn.settimeout(IO_TIMEOUT)
         with contextlib.suppress(OSError):
+            conn.sendall(self.banner)
+        with contextlib.suppress(OSError):
             while data := conn.recv(CHUNK):
                 conn.sendall(data)
+
+
+class BannerEcho(TcpEcho):
+    banner = BANNER
 
 
 # --- HTTP/1.1 and WebSocket wire helpers -------------------------------------------------
@@ -464,6 +474,8 @@ def serve(kind: str, port: int) -> None:
         server = DualStackHTTPServer(("::", port), HoldHandler)
     elif kind == "ws-echo":
         server = DualStackTCPServer(("::", port), WebSocketEcho)
+    elif kind == "banner":
+        server = DualStackTCPServer(("::", port), BannerEcho)
     else:
         server = DualStackTCPServer(("::", port), TcpEcho)
     with server:
@@ -472,7 +484,7 @@ def serve(kind: str, port: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command in ("echo", "hold", "ws-echo", "tcp-echo"):
+    if args.command in ("echo", "hold", "ws-echo", "tcp-echo", "banner"):
         serve(args.command, args.port)
     elif args.command == "raw":
         with open(args.send, "rb") as file:
@@ -497,7 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sidecar_apps.py", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("echo", "hold", "ws-echo", "tcp-echo"):
+    for name in ("echo", "hold", "ws-echo", "tcp-echo", "banner"):
         sub.add_parser(name).add_argument("--port", type=int, required=True)
     for name in ("raw", "requests", "burst", "session", "ws"):
         p = sub.add_parser(name)

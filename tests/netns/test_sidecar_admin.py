@@ -14,11 +14,10 @@ import pytest
 from tests.netns.sidecar_env import (
     HOLD_PORT,
     METRICS_PORT,
-    PROXY_UID,
     SidecarLab,
-    sample,
     sidecar_lab,
 )
+from tests.netns.sidecar_proc import PROXY_UID, sample
 
 pytestmark = pytest.mark.netns
 
@@ -85,7 +84,7 @@ def test_stats_and_metrics_equal_what_the_clients_counted(env: SidecarLab) -> No
 
     metrics = env.sidecar.metrics()
     port = {"direction": "inbound", "port": str(METRICS_PORT)}
-    expected = {
+    expected: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {
         ("sofamesh_sidecar_requests_total", ()): k,
         ("sofamesh_sidecar_responses_total", (("class", "2xx"),)): ok,
         ("sofamesh_sidecar_responses_total", (("class", "4xx"),)): missing,

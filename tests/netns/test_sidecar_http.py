@@ -8,6 +8,7 @@ WebSocket upgrade, outbound, and a 502 when the app is not there.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,11 +21,9 @@ from tests.netns.sidecar_env import (
     SMALL_SIZE,
     WS_PORT,
     SidecarLab,
-    sha256_file,
     sidecar_lab,
-    split_responses,
-    without_date,
 )
+from tests.netns.sidecar_wire import sha256_file, split_responses, without_date
 
 pytestmark = pytest.mark.netns
 
@@ -40,6 +39,11 @@ def env() -> Iterator[SidecarLab]:
 def get(path: str, *, close: bool = False, extra: str = "") -> bytes:
     last = "Connection: close\r\n" if close else ""
     return f"GET {path} HTTP/1.1\r\nHost: app\r\n{extra}{last}\r\n".encode()
+
+
+def echoed(upload: Path, *, chunked: bool) -> dict[str, object]:
+    """What the echo app answers when it received exactly the bytes of `upload`."""
+    return {"length": upload.stat().st_size, "sha256": sha256_file(upload), "chunked": chunked}
 
 
 def via_sidecar_and_direct(env: SidecarLab, request: bytes, family: int = 4) -> tuple[bytes, bytes]:
@@ -92,6 +96,7 @@ def test_a_chunked_response_is_byte_identical(env: SidecarLab) -> None:
 def test_a_chunked_request_body_reaches_the_app_intact(env: SidecarLab) -> None:
     upload = env.root / "chunked.upload"
     upload.write_bytes(hashlib.sha256(b"seed").digest() * 20000)
+    before = env.sidecar.counters("inbound", ECHO_PORT)
     done = env.curl(
         env.client,
         "-H",
@@ -100,9 +105,9 @@ def test_a_chunked_request_body_reaches_the_app_intact(env: SidecarLab) -> None:
         f"@{upload}",
         env.url(ECHO_PORT, "/upload"),
     )
-    assert done.stdout.strip() == (
-        f'{{"length": {upload.stat().st_size}, "sha256": "{sha256_file(upload)}", "chunked": true}}'
-    )
+    assert json.loads(done.stdout) == echoed(upload, chunked=True)
+    delta = env.sidecar.delta_after("inbound", ECHO_PORT, before, {"responses.2xx": 1})
+    assert delta["bytes_received"] > upload.stat().st_size  # the body went through the sidecar
 
 
 def test_pipelined_requests_are_answered_in_order_and_byte_identical(env: SidecarLab) -> None:
@@ -125,6 +130,7 @@ def test_keep_alive_serves_several_requests_on_one_connection(env: SidecarLab) -
 def test_expect_100_continue_upload_works(env: SidecarLab) -> None:
     upload = env.root / "expect.upload"
     upload.write_bytes(hashlib.sha256(b"expect").digest() * 65536)  # 2 MB
+    before = env.sidecar.counters("inbound", ECHO_PORT)
     done = env.curl(
         env.client,
         "-v",
@@ -137,10 +143,10 @@ def test_expect_100_continue_upload_works(env: SidecarLab) -> None:
         env.url(ECHO_PORT, "/upload"),
     )
     assert "< HTTP/1.1 100 Continue" in done.stderr
-    assert done.stdout.strip() == (
-        f'{{"length": {upload.stat().st_size}, "sha256": "{sha256_file(upload)}", '
-        '"chunked": false}'
-    )
+    assert json.loads(done.stdout) == echoed(upload, chunked=False)
+    delta = env.sidecar.delta_after("inbound", ECHO_PORT, before, {"responses.2xx": 1})
+    assert (delta["requests_total"], delta["responses.2xx"]) == (1, 1)
+    assert delta["bytes_received"] > upload.stat().st_size
 
 
 def test_websocket_upgrade_then_frames_echo_through(env: SidecarLab) -> None:

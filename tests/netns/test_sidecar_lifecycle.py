@@ -16,11 +16,10 @@ from tests.netns.sidecar_env import (
     APP_PORT,
     HOLD_PORT,
     SidecarLab,
-    WrkResult,
-    parse_wrk,
     require,
     sidecar_lab,
 )
+from tests.netns.sidecar_wire import WrkResult, parse_wrk
 
 pytestmark = pytest.mark.netns
 
@@ -71,10 +70,11 @@ def wait_for_load(env: SidecarLab) -> float:
 
 
 def test_sigterm_drains_under_steady_load_without_a_client_error(env: SidecarLab) -> None:
+    """New connections to the app port go direct (rules replaced in one transaction, so
+    established intercepted flows keep their redirection), then the sidecar drains."""
     wrk = start_wrk(env, 6)
     wait_for_load(env)
-    # R-AG-2 order: rules first (new connections go direct), then drain the sidecar.
-    env.remove_rules()
+    env.apply_rules(inbound={"exclude_ports": [APP_PORT]})
     assert wrk.poll() is None, "wrk ended before the drain began"
     env.sidecar.signal(signal.SIGTERM)
     assert env.sidecar.proc is not None
@@ -82,6 +82,22 @@ def test_sigterm_drains_under_steady_load_without_a_client_error(env: SidecarLab
     result = finish_wrk(wrk, 6)
     assert (result.socket_errors, result.non_2xx_3xx) == (0, 0), result.text
     assert result.requests > LOADED
+
+
+def test_uninstall_order_rules_then_drain_costs_no_client_an_error(env: SidecarLab) -> None:
+    """R-AG-2 as the agent does it, under load: `hijack remove --park` (new connections go
+    direct, redirected ones keep their translation), SIGTERM the sidecar (it drains), then
+    the final `hijack remove`."""
+    wrk = start_wrk(env, 6)
+    wait_for_load(env)
+    env.remove_rules(park=True)
+    assert wrk.poll() is None, "wrk ended before the drain began"
+    env.sidecar.signal(signal.SIGTERM)
+    assert env.sidecar.proc is not None
+    assert env.sidecar.wait_exit(env.sidecar.proc, DRAIN + 5) == 0
+    env.remove_rules()
+    result = finish_wrk(wrk, 6)
+    assert (result.socket_errors, result.non_2xx_3xx) == (0, 0), result.text
 
 
 def test_sigterm_lets_an_in_flight_request_finish_with_connection_close(

@@ -8,7 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.netns.sidecar_apps import BANNER
 from tests.netns.sidecar_env import (
+    BANNER_PORT,
     CLOSED_PORT,
     REDIS_PORT,
     TCP_ECHO_PORT,
@@ -72,6 +74,17 @@ def test_megabytes_of_binary_data_cross_the_pipe_unchanged(env: SidecarLab) -> N
     )
     assert (delta["bytes_received"], delta["bytes_sent"]) == (len(data), len(data))
     assert delta["protocol_connections.tcp"] == 1
+
+
+def test_a_server_that_speaks_first_is_heard_before_the_client_sends(env: SidecarLab) -> None:
+    """Nothing to sniff yet: the sidecar must still connect upstream and pass the banner on."""
+    before = env.sidecar.counters("inbound", BANNER_PORT)
+    result, answer = env.raw(
+        env.client, env.node.ipv4, BANNER_PORT, b"", "--read-bytes", str(len(BANNER))
+    )
+    assert (result["outcome"], answer) == ("complete", BANNER)
+    delta = env.sidecar.delta_after("inbound", BANNER_PORT, before, {"bytes_sent": len(BANNER)})
+    assert (delta["bytes_sent"], delta["connections_total"]) == (len(BANNER), 1)
 
 
 def test_a_tcp_pipe_to_a_port_without_app_is_closed_without_data(env: SidecarLab) -> None:
