@@ -47,8 +47,6 @@ def ensure(runner: Runner) -> None:
                 f"{ADDRESS}/128",
                 "dev",
                 "lo",
-                "scope",
-                "host",
                 "preferred_lft",
                 "0",
                 "nodad",
