@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import click
-
-from agent.cliutil import fail
-from agent.exit_codes import ExitStatus
 
 
 @click.group("sidecar")
@@ -22,13 +21,8 @@ def sidecar_group() -> None:
 @click.option("--hot-restart", is_flag=True, help="Take over the listeners of the running sidecar.")
 def run_command(config_file: Path, hot_restart: bool) -> None:
     """Run the sidecar in the foreground until SIGTERM (drains) or a hot restart replaces it."""
-    from sidecar.app import run  # noqa: PLC0415  (uvloop and httptools only load here)
-    from sidecar.errors import SidecarConfigError, SidecarError  # noqa: PLC0415
-
-    try:
-        code = run(config_file, hot_restart=hot_restart)
-    except SidecarConfigError as exc:
-        fail(ExitStatus.BAD_INPUT, str(exc))
-    except SidecarError as exc:
-        fail(ExitStatus.ERROR, str(exc))
-    raise SystemExit(code)
+    # Exec a lean interpreter: the proxy should not carry the CLI's modules for its lifetime.
+    argv = [sys.executable, "-m", "sidecar", "--config", str(config_file)]
+    if hot_restart:
+        argv.append("--hot-restart")
+    os.execv(sys.executable, argv)  # noqa: S606  (argv list, no shell)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -134,6 +135,9 @@ class Sidecar:
                 self.handover.sock.fileno(), self._on_takeover, listeners, admin_sock, admin
             )
         self._ready = True
+        # Everything allocated so far lives as long as the process: keep the collector off it.
+        gc.collect()
+        gc.freeze()
         log.info(
             "ready: inbound %d, outbound %d, admin %s:%d, %d worker(s), pid %d",
             self.config.inbound_port,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
 import json
 import os
 import signal
@@ -107,6 +108,8 @@ async def _serve(
 ) -> int:
     worker = Worker(config, listeners, gate)
     await worker.startup()
+    gc.collect()
+    gc.freeze()  # what exists now lives as long as the worker
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     # The master coordinates drain; a signal sent to the whole group drains us too.

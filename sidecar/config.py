@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from sidecar.errors import SidecarConfigError
 
 LOG_LEVELS = ("FATAL", "ERROR", "WARN", "INFO", "DEBUG", "TRACE")
@@ -184,6 +182,15 @@ def load_sidecar_config(path: str | Path) -> SidecarConfig:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise SidecarConfigError("config", f"cannot read {file}: {exc.strerror}") from None
+    if text.lstrip().startswith("{"):
+        # JSON (what the agent writes) without importing yaml into the long-running process.
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise SidecarConfigError("config", f"{file} is not valid JSON: {exc}") from None
+        return SidecarConfig.parse(data)
+    import yaml  # noqa: PLC0415
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

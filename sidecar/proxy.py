@@ -43,7 +43,7 @@ class Request:
 class Upstream(asyncio.Protocol):
     __slots__ = ("down", "transport")
 
-    def __init__(self, down: Downstream) -> None:
+    def __init__(self, down: Downstream | _Closed) -> None:
         self.down = down
         self.transport: asyncio.Transport | None = None
 
@@ -160,12 +160,11 @@ class Downstream(asyncio.Protocol):
             if source:
                 local = (source, 0)
         try:
-            _, up = await asyncio.wait_for(
-                self.worker.loop.create_connection(
+            # asyncio.timeout, not wait_for: no extra task per connection.
+            async with asyncio.timeout(config.timeouts.connect):
+                _, up = await self.worker.loop.create_connection(
                     lambda: Upstream(self), host, port, local_addr=local
-                ),
-                timeout=config.timeouts.connect,
-            )
+                )
         except (OSError, TimeoutError) as exc:
             if local is not None and getattr(exc, "errno", None) == errno.EADDRNOTAVAIL:
                 why = f"source {local[0]} is not on this host (is this family intercepted?)"
@@ -508,8 +507,33 @@ class Downstream(asyncio.Protocol):
         self.requests.clear()
         self.stats.active_connections -= 1
         self.worker.forget(self)
-        if self.up is not None and self.up.transport is not None:
-            self.up.transport.close()
+        up = self.up
+        if up is not None:
+            if up.transport is not None:
+                up.transport.close()
+            # Break the Downstream <-> Upstream cycle so reference counting frees both at
+            # once: the collector then has next to nothing to do (fewer latency spikes).
+            self.up = None
+            up.down = _CLOSED
+
+
+class _Closed:
+    """What an Upstream points at once its Downstream is gone: late events are dropped."""
+
+    transport = None
+    closed = True
+
+    def from_upstream(self, data: bytes) -> None:
+        pass
+
+    def upstream_eof(self) -> None:
+        pass
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        pass
+
+
+_CLOSED = _Closed()
 
 
 def _with_connection_close(raw: bytes) -> bytes:
