@@ -33,16 +33,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import datetime as dt
 import json
 import os
-import platform
 import re
 import resource
 import select
 import shlex
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import benchlib
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
@@ -571,8 +569,7 @@ def parse_wrk(text: str) -> WrkSample:
     pcts = dict(re.findall(r"^\s+(50|90|99)%\s+([\d.]+(?:us|ms|s|m|h))\s*$", text, re.M))
     if rate is None or count is None or len(pcts) != 3:
         raise RuntimeError(f"cannot read wrk's report:\n{text}")
-    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", text))
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    errors = benchlib.wrk_errors(text)
 
     def ms(value: str) -> float:
         number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", value).groups()  # type: ignore[union-attr]
@@ -581,7 +578,7 @@ def parse_wrk(text: str) -> WrkSample:
     return WrkSample(
         rps=float(rate[1]),
         requests=int(count[1]),
-        errors=errors + (int(non2xx[1]) if non2xx else 0),
+        errors=errors,
         p50=ms(pcts["50"]),
         p90=ms(pcts["90"]),
         p99=ms(pcts["99"]),
@@ -625,7 +622,7 @@ def run(args: argparse.Namespace) -> tuple[Results, dict[str, str]]:
             for path in workdir.glob("*.log"):
                 shutil.copy(path, kept / path.name)
             bench.results.kept_logs = str(kept)
-    facts["load_after"] = _loadavg()
+    facts["load_after"] = benchlib.loadavg()
     return bench.results, facts
 
 
@@ -647,49 +644,7 @@ def summary(results: Results, kind: str, n: int) -> str:
 
 
 def machine_facts() -> dict[str, str]:
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        "unknown",
-    )
-    return {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": str(os.cpu_count()),
-        "kernel": platform.release(),
-        "cpu": model,
-        "wrk": _package_version("wrk"),
-        "nginx": _package_version("nginx") or _package_version("nginx-light"),
-        "haproxy": _package_version("haproxy"),
-        "python": platform.python_version(),
-        "load_before": _loadavg(),
-        "other_labs": str(_other_labs()),
-    }
-
-
-def _loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def _other_labs() -> int:
-    """Lab namespaces of other processes (someone else's tests sharing the CPUs)."""
-    try:
-        names = os.listdir("/run/netns")
-    except FileNotFoundError:
-        return 0
-    mine = f"smlab-{os.getpid()}-"
-    return len(
-        {n.split("-")[1] for n in names if n.startswith("smlab-") and not n.startswith(mine)}
-    )
-
-
-def _package_version(name: str) -> str:
-    done = subprocess.run(
-        ["dpkg-query", "-W", "-f=${Version}", name], capture_output=True, text=True, check=False
-    )
-    return done.stdout.strip() if done.returncode == 0 else ""
+    return benchlib.machine_facts({"wrk": "wrk", "nginx": "nginx-light", "haproxy": "haproxy"})
 
 
 def missing_packages() -> list[str]:
@@ -699,8 +654,7 @@ def missing_packages() -> list[str]:
 # -- report ------------------------------------------------------------------------------
 
 
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else float("nan")
+median = benchlib.median
 
 
 def _ms3(samples: Sequence[WrkSample]) -> str:
@@ -879,13 +833,7 @@ def write_results(command: str, facts: dict[str, str], table: str, note: str) ->
     if note:
         section += ["", f"**Note:** {note}"]
     section += ["", table.rstrip("\n"), SECTION_END]
-    text = RESULTS_FILE.read_text() if RESULTS_FILE.exists() else "# Benchmark results\n"
-    if SECTION_BEGIN in text and SECTION_END in text:
-        head, rest = text.split(SECTION_BEGIN, 1)
-        text = head + "\n".join(section) + rest.split(SECTION_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + "\n".join(section) + "\n"
-    RESULTS_FILE.write_text(text)
+    benchlib.replace_section(SECTION_BEGIN, SECTION_END, "\n".join(section))
 
 
 # -- command line ------------------------------------------------------------------------

@@ -24,17 +24,14 @@ Needs root and the Debian packages wrk and nginx-light (besides what scripts/dev
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import ipaddress
 import json
 import os
-import platform
 import random
 import re
 import resource
 import shlex
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,6 +42,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import benchlib
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_FILE = REPO / "bench" / "RESULTS.md"
@@ -439,9 +438,7 @@ def parse_wrk(text: str) -> tuple[float, int, int]:
     count = re.search(r"(\d+) requests in", text)
     if rate is None or count is None:
         raise RuntimeError(f"cannot read wrk's report:\n{text}")
-    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", text))
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    return float(rate[1]), int(count[1]), errors + (int(non2xx[1]) if non2xx else 0)
+    return float(rate[1]), int(count[1]), benchlib.wrk_errors(text)
 
 
 def _process_cpu(pid: int) -> float:
@@ -566,53 +563,13 @@ def run(args: argparse.Namespace) -> tuple[Results, dict[int, Blacklist], dict[s
         for node in nodes.values():
             assert node.backend is not None
             bench.sofamesh(node, "hijack", "remove", "--backend", node.backend)
-    facts["load_after"] = _loadavg()
-    facts["other_labs_after"] = str(_other_labs())
+    facts["load_after"] = benchlib.loadavg()
+    facts["other_labs_after"] = str(benchlib.other_labs())
     return results, blacklists, facts
 
 
 def machine_facts() -> dict[str, str]:
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        "unknown",
-    )
-    return {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": str(os.cpu_count()),
-        "kernel": platform.release(),
-        "cpu": model,
-        "wrk": _package_version("wrk"),
-        "nginx": _package_version("nginx-light"),
-        "load_before": _loadavg(),
-        "other_labs": str(_other_labs()),
-    }
-
-
-def _loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def _other_labs() -> int:
-    """Lab namespaces of other processes (someone else's netns tests sharing the CPUs)."""
-    try:
-        names = os.listdir("/run/netns")
-    except FileNotFoundError:
-        return 0
-    mine = f"smlab-{os.getpid()}-"
-    return len(
-        {n.split("-")[1] for n in names if n.startswith("smlab-") and not n.startswith(mine)}
-    )
-
-
-def _package_version(name: str) -> str:
-    done = subprocess.run(
-        ["dpkg-query", "-W", "-f=${Version}", name], capture_output=True, text=True, check=False
-    )
-    return done.stdout.strip() if done.returncode == 0 else "not installed"
+    return benchlib.machine_facts({"wrk": "wrk", "nginx": "nginx-light"})
 
 
 def missing_packages() -> list[str]:
@@ -627,8 +584,7 @@ def missing_packages() -> list[str]:
 # -- report ----------------------------------------------------------------------------------
 
 
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else float("nan")
+median = benchlib.median
 
 
 def report(args: argparse.Namespace, results: Results, blacklists: dict[int, Blacklist]) -> str:
@@ -778,13 +734,7 @@ def write_results(key: str, command: str, facts: dict[str, str], table: str) -> 
             end,
         ]
     )
-    text = RESULTS_FILE.read_text() if RESULTS_FILE.exists() else "# Benchmark results\n"
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        text = head + section + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    RESULTS_FILE.write_text(text)
+    benchlib.replace_section(begin, end, section)
 
 
 # -- command line ----------------------------------------------------------------------------

@@ -68,6 +68,7 @@ run_tests() {
   .venv/bin/ruff format --check .
   log "mypy"
   .venv/bin/mypy
+  .venv/bin/mypy bench/*.py  # scripts, not a package: checked on their own
   log "pytest"
   set +e
   .venv/bin/pytest "$@"
