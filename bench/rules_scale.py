@@ -16,9 +16,10 @@ whose address is the (never reached) destination. The load generator is wrk (one
 204; both are pinned (see --pin).
 
     .venv/bin/python bench/rules_scale.py [--rounds 5] [--duration 3] [--sizes 10,10000]
-        [--backends iptables,nftables] [--write-results]
+        [--backends iptables,nftables] [--profile] [--write-results]
 
-Needs root and the Debian packages wrk and nginx-light (besides what scripts/dev.sh installs).
+Needs root and the Debian packages wrk and nginx-light (scripts/dev.sh installs both);
+--profile also needs linux-perf. Never a timed assertion: it measures and reports.
 """
 
 from __future__ import annotations
@@ -76,6 +77,14 @@ MIN_CORE_SHARE = 0.93
 MAX_ATTEMPTS = 3
 BUDGET_SECONDS = 30 * 60  # hard stop between rounds; the default run takes ~5 minutes
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# --profile: kernel symbols of the blacklist lookups (ipset hash:net and bitmap:port; nft
+# sets), and of netfilter as a whole (conntrack, NAT, rule evaluation, sets).
+SET_LOOKUP_SYMBOLS = re.compile(
+    r"^(ip_set_test|hash_net4|bitmap_port|nft_set_do_lookup|nft_lookup_eval|nft_rbtree"
+    r"|nft_array_lookup|nft_hash|nft_pipapo|nft_bitmap)"
+)
+NETFILTER_SYMBOLS = re.compile(r"^(nf_|nft_|ipt_|xt_|ip_set|hash_net|bitmap_port|ipv4_conntrack)")
+PERF_FREQUENCY = 2000
 
 NGINX_CONF = """\
 daemon off;
@@ -252,6 +261,17 @@ class ApplyTimes:
     remove: float  # `sofamesh hijack remove`, wall time
 
 
+@dataclass(frozen=True)
+class Profile:
+    """perf cpu-clock samples of wrk + nginx during one run, by kernel symbol family."""
+
+    samples: int
+    set_lookup: float  # share of the samples in blacklist set lookups
+    netfilter: float  # share in all of netfilter (conntrack, NAT, rules, sets)
+    cpu_us_per_conn: float
+    top: tuple[tuple[str, float], ...]  # the largest set-lookup symbols
+
+
 @dataclass
 class Results:
     rates: dict[tuple[str, int], list[RateSample]] = field(
@@ -261,6 +281,7 @@ class Results:
         default_factory=lambda: defaultdict(list)
     )
     reference: list[RateSample] = field(default_factory=list)
+    profiles: dict[tuple[str, int], Profile] = field(default_factory=dict)
     rounds_done: int = 0
 
 
@@ -358,6 +379,48 @@ class Bench:
             core_share=ours / (wall * cpus),
             others_cpu=max(0.0, busy - ours) / wall,
             attempts=attempt,
+        )
+
+    def profile(self, node: Node, duration: int) -> Profile:
+        """Sample every CPU with perf (cpu-clock) while wrk runs, and sort the samples of
+        wrk and nginx into blacklist lookups, the rest of netfilter, and everything else.
+        perf only observes (it runs in the VM, but -a sees the whole machine)."""
+        data = node.root / "perf.data"
+        perf = node.vm.spawn(
+            [
+                *("perf", "record", "-q", "-a", "-e", "cpu-clock", "-F", str(PERF_FREQUENCY)),
+                *("-o", str(data), "--", "sleep", str(duration + 1)),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        time.sleep(0.5)  # perf's start-up is not something to wait for with a condition
+        sample = self._measure_once(node, duration, 1)
+        try:
+            perf.wait(timeout=duration + 30)
+        finally:
+            node.vm.stop(perf)
+        if perf.returncode != 0 or not data.exists():
+            raise RuntimeError(f"perf record failed with status {perf.returncode}")
+        argv = ["perf", "report", "-i", str(data), "--stdio", "--no-children", "-q"]
+        argv += ["--comms", "wrk,nginx", "--sort", "sym", "--percentage", "relative"]
+        argv += ["--percent-limit", "0"]
+        text = node.vm.run(argv, timeout=120).stdout
+        by_comm = node.vm.run(
+            [*argv[:7], "-n", "--comms", "wrk,nginx", "--sort", "comm"], timeout=120
+        ).stdout
+        samples = sum(int(m[1]) for m in re.finditer(r"^\s*[\d.]+%\s+(\d+)\s", by_comm, re.M))
+        shares: dict[str, float] = defaultdict(float)
+        for line in text.splitlines():
+            match = re.match(r"\s*([\d.]+)%\s+\[k\]\s+(\S+)", line)
+            if match:
+                shares[match[2]] += float(match[1]) / 100
+        lookups = {k: v for k, v in shares.items() if SET_LOOKUP_SYMBOLS.match(k)}
+        return Profile(
+            samples=samples,
+            set_lookup=sum(lookups.values()),
+            netfilter=sum(v for k, v in shares.items() if NETFILTER_SYMBOLS.match(k)),
+            cpu_us_per_conn=sample.cpu_us_per_conn,
+            top=tuple(sorted(lookups.items(), key=lambda kv: -kv[1])[:4]),
         )
 
     def check_counters(self, node: Node, sample: RateSample, size: int) -> None:
@@ -560,6 +623,12 @@ def run(args: argparse.Namespace) -> tuple[Results, dict[int, Blacklist], dict[s
                         f"apply {times.cli_clean:.2f}s"
                     )
             results.rounds_done = rnd + 1
+        if args.profile:
+            for backend, node in nodes.items():
+                for size in (min(args.sizes), max(args.sizes)):
+                    bench.measure_applies(node, blacklists[size])
+                    results.profiles[(backend, size)] = bench.profile(node, args.duration)
+                    log(f"profiled {backend} {size}")
         for node in nodes.values():
             assert node.backend is not None
             bench.sofamesh(node, "hijack", "remove", "--backend", node.backend)
@@ -572,9 +641,10 @@ def machine_facts() -> dict[str, str]:
     return benchlib.machine_facts({"wrk": "wrk", "nginx": "nginx-light"})
 
 
-def missing_packages() -> list[str]:
+def missing_packages(profile: bool) -> list[str]:
     missing = []
-    for package, binary in REQUIRED_PACKAGES:
+    required = (*REQUIRED_PACKAGES, ("linux-perf", "perf")) if profile else REQUIRED_PACKAGES
+    for package, binary in required:
         known = subprocess.run(["dpkg", "-s", package], capture_output=True, text=True, check=False)
         if known.returncode != 0 and shutil.which(binary) is None:
             missing.append(package)
@@ -681,6 +751,24 @@ def report(args: argparse.Namespace, results: Results, blacklists: dict[int, Bla
         )
         + f" (seed {SEED}).",
     ]
+    if results.profiles:
+        lines += [
+            "",
+            "Profile (--profile: perf record -a -e cpu-clock during one extra run; shares of "
+            "the wrk + nginx samples; us/conn = share x CPU us per connection of that run):",
+            "",
+            "| backend | blacklist | samples | set lookups | us/conn | all netfilter "
+            "| us/conn | top set-lookup symbols |",
+            "|---|---|---:|---:|---:|---:|---:|---|",
+        ]
+        for (backend, size), prof in results.profiles.items():
+            top = ", ".join(f"{name} {100 * share:.2f}%" for name, share in prof.top) or "-"
+            lines.append(
+                f"| {backend} | {blacklists[size].label} | {prof.samples} "
+                f"| {100 * prof.set_lookup:.2f}% | {prof.set_lookup * prof.cpu_us_per_conn:.2f} "
+                f"| {100 * prof.netfilter:.1f}% | {prof.netfilter * prof.cpu_us_per_conn:.1f} "
+                f"| {top} |"
+            )
     lines += [
         "",
         f"Verdict, rate({max(args.sizes)})/rate({small}) >= {TARGET_RATIO}: "
@@ -772,6 +860,12 @@ def parser() -> argparse.ArgumentParser:
         help="shared: wrk and nginx on the last CPU, so the rate is 1 / (all CPU per "
         "connection) of one core; split: wrk on CPU 0, nginx on the last CPU",
     )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="after the rounds, one perf-sampled run per backend at the smallest and largest "
+        "size (needs linux-perf)",
+    )
     p.add_argument("--write-results", action="store_true", help=f"update {RESULTS_FILE.name}")
     return p
 
@@ -793,7 +887,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.geteuid() != 0:
         log("needs root: it builds network-namespace VMs (never touching this host's own)")
         return 3
-    missing = missing_packages()
+    missing = missing_packages(args.profile)
     if missing:
         log(f"missing Debian packages; install them with: apt-get install -y {' '.join(missing)}")
         return 2

@@ -206,7 +206,7 @@ class IptablesBackend(Backend):
         for name in sorted(ipset.list_sets(self.runner)):
             header, items = ipset.save(self.runner, name)
             sets[name] = ipset.normalized(header, items)
-            sizes[name] = len(items)
+            sizes[name] = len(sets[name])  # entries as configured (merged ranges, CIDRs)
         if loopback.ours(self.runner):
             sets[loopback.VIEW_KEY] = (f"{loopback.ADDRESS}/128",)
         view = View(tuple(sorted(chains.items())), tuple(sorted(sets.items())))

@@ -143,7 +143,7 @@ class NftablesBackend(Backend):
             elif "set" in item:
                 name = item["set"]["name"]
                 sets[name] = _normalize_elements(item["set"].get("elem", []), item["set"]["type"])
-                sizes[name] = len(item["set"].get("elem", []))
+                sizes[name] = len(sets[name])  # same counting as the iptables backend
             elif "rule" in item:
                 rule = item["rule"]
                 comment = rule.get("comment", "")
