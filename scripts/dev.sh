@@ -13,6 +13,7 @@ APT_PACKAGES=(
   iptables ipset nftables python3-nftables
   python3-venv python3-pip
   curl nginx-light wrk redis-server  # real peers for the sidecar tests
+  postgresql                       # the console's PostgreSQL tests (a throw-away cluster)
 )
 BENCH_PACKAGES=(haproxy)           # the peer proxy bench/proxy.py compares against
 
