@@ -31,7 +31,7 @@ def main(ctx: click.Context, verbose: bool, root: Path | None) -> None:
 
     Exit codes: 0 ok, 1 error, 2 bad input, 3 not root, 4 console unreachable or
     authentication failed, 5 backend unsupported, 6 failed and rolled back,
-    7 conflicting installed state, 8 drift (status --check).
+    7 conflicting installed state, 8 drift (status --check), 9 sidecar not listening.
     """
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,

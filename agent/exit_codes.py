@@ -15,3 +15,4 @@ class ExitStatus(IntEnum):
     ROLLED_BACK = 6  # applying failed and the previous state was restored
     CONFLICT = 7  # installed sofamesh objects disagree (e.g. legacy and nft mixed)
     DRIFT = 8  # `status --check`: installed rules differ from the desired ones
+    SIDECAR_DOWN = 9  # nothing listens where the rules would redirect: refused (no blackhole)

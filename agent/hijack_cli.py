@@ -14,6 +14,7 @@ from hijack import engine
 from hijack.command import SubprocessRunner
 from hijack.config import HijackConfig, load_config
 from hijack.detect import CHOICES, choose, make_backend, preferred
+from hijack.listening import listening_ports
 from hijack.model import Installed
 
 BACKEND_OPTION = click.option(
@@ -38,12 +39,31 @@ def hijack_group() -> None:
 @hijack_group.command("apply")
 @click.option("--config", "config_file", type=CONFIG_FILE, required=True, help="YAML or JSON file.")
 @BACKEND_OPTION
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Apply even if nothing listens on the redirect ports (that blackholes traffic).",
+)
 @click.pass_context
-def apply_command(ctx: click.Context, config_file: Path, backend: str) -> None:
+def apply_command(ctx: click.Context, config_file: Path, backend: str, force: bool) -> None:
     """Install the rules for CONFIG atomically (a second apply replaces the first)."""
     with errors_to_exit():
         config = load_config(config_file)
         require_root("hijack apply")
+        missing = [
+            f"{port} ({role})"
+            for role, port in (
+                ("inbound", config.inbound_redirect_port),
+                ("outbound", config.outbound_redirect_port),
+            )
+            if port not in listening_ports()
+        ]
+        if missing and not force:
+            fail(
+                ExitStatus.SIDECAR_DOWN,
+                f"nothing listens on {', '.join(missing)}: intercepted traffic would be "
+                "blackholed. Start the sidecar first (or pass --force).",
+            )
         result = engine.apply(config, backend)
         write_json_atomic(
             _paths(ctx).hijack_state,

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -326,3 +328,62 @@ def test_ipv6_off_is_said_out_loud_and_leaves_ipv6_direct(mesh: Mesh) -> None:
     assert landed(mesh.peer.probe_connect(mesh.node.ipv6, 8080)) == "node:8080"
     assert landed(mesh.node.probe_connect(mesh.peer.ipv6, 8080)) == "peer:8080"
     assert landed(mesh.peer.probe_connect(mesh.node.ipv4, 8080)) == "inbound"
+
+
+def test_apply_refuses_when_nothing_listens_on_a_redirect_port(mesh: Mesh) -> None:
+    """Rules that redirect to a closed port would blackhole traffic (hard rule: never)."""
+    mesh.node.stop(mesh.listeners.pop(("node", INBOUND)))
+    before = mesh.dump()
+    result = mesh.apply(check=False)
+    assert result.returncode == 9
+    assert f"nothing listens on {INBOUND} (inbound)" in result.stderr
+    assert mesh.dump() == before
+    assert landed(mesh.peer.probe_connect(mesh.node.ipv4, 8080)) == "node:8080"
+
+
+ECHO_APP = """
+import socket, threading
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 8082)); s.listen()
+def echo(c):
+    while (d := c.recv(100)):
+        c.sendall(d)
+while True:
+    c, _ = s.accept(); threading.Thread(target=echo, args=(c,), daemon=True).start()
+"""
+
+CLIENT = """
+import socket, sys
+s = socket.create_connection((sys.argv[1], 8082)); s.settimeout(5)
+for line in sys.stdin:
+    s.sendall(b"ping"); print(s.recv(10).decode(), flush=True)
+"""
+
+
+def test_remove_park_keeps_redirected_connections_until_the_final_remove(mesh: Mesh) -> None:
+    """The safe uninstall order: park (new connections go direct, redirected ones keep
+    their NAT), let the sidecar drain, then remove; without park the kernel stops
+    translating and resets them."""
+    node = mesh.node
+    node.stop(mesh.listeners.pop(("node", INBOUND)))
+    app = node.spawn([sys.executable, "-c", ECHO_APP])
+    node.wait_for_port(8082, host=None, process=app)
+    mesh.forward(node, INBOUND, "fwd-in", source="127.0.0.6")
+    mesh.apply()
+    client = mesh.peer.spawn([sys.executable, "-c", CLIENT, node.ipv4], stdin=subprocess.PIPE)
+    assert client.stdin is not None and client.stdout is not None
+
+    def ping() -> str:
+        assert client.stdin is not None and client.stdout is not None
+        client.stdin.write("x\n")
+        client.stdin.flush()
+        return client.stdout.readline().strip()
+
+    assert ping() == "ping"  # through the forwarder (the stand-in sidecar)
+    mesh.sofamesh("hijack", "remove", "--park")
+    assert ping() == "ping"  # the redirected connection still works
+    assert landed(mesh.peer.probe_connect(node.ipv4, 8080)) == "node:8080"  # new: direct
+    assert ping() == "ping"
+    mesh.sofamesh("hijack", "remove")
+    assert "sofamesh" not in mesh.dump().lower()
+    mesh.peer.stop(client)
