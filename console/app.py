@@ -24,6 +24,7 @@ from console import (
     api_traffic,
     auth,
     metrics,
+    web,
 )
 from console.errors import ConsoleError
 from console.notify import listen
@@ -46,7 +47,7 @@ def create_app(state: ConsoleState) -> FastAPI:
         lifespan=_lifespan,
     )
     app.state.console = state
-    for module in (api_session, api_apps, api_params, api_monitor, api_traffic, api_agent):
+    for module in (api_session, api_apps, api_params, api_monitor, api_traffic, api_agent, web):
         app.include_router(module.router)
     app.add_api_route(
         "/api/v1/health", health, methods=["GET"], response_model=Health, tags=["health"]

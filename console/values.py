@@ -20,13 +20,13 @@ MAX_REQUESTS_MAX = 2_147_483_647
 
 
 def app_name(value: str) -> str:
-    if not APP_NAME_RE.match(value):
+    if not APP_NAME_RE.fullmatch(value):  # fullmatch: "$" would let "web\n" through
         raise ValueError("app names are 1 to 63 letters, digits and '-'")
     return value
 
 
 def scope_name(value: str) -> str:
-    if not SCOPE_NAME_RE.match(value):
+    if not SCOPE_NAME_RE.fullmatch(value):
         raise ValueError(
             "1 to 63 letters, digits, '_', '.' and '-', starting with a letter or digit"
         )

@@ -14,6 +14,7 @@ APT_PACKAGES=(
   python3-venv python3-pip
   curl nginx-light wrk redis-server  # real peers for the sidecar tests
   postgresql                       # the console's PostgreSQL tests (a throw-away cluster)
+  chromium                         # the console's browser tests (headless, driven by Playwright)
 )
 BENCH_PACKAGES=(haproxy)           # the peer proxy bench/proxy.py compares against
 
