@@ -220,9 +220,10 @@ def test_run_failure_carries_command_status_stderr_and_netns(lab: Lab) -> None:
 
 @pytest.mark.netns
 def test_reap_stale_removes_labs_of_dead_processes_only() -> None:
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    stale, alive = f"smlab-{dead.pid}-1-x", f"smlab-{os.getpid()}-99999-keep"
+    # A pid above pid_max can never be alive; an exited child's pid can be reused at once
+    # (by the squatter below, say) on a busy machine, which made this test flaky.
+    dead_pid = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1
+    stale, alive = f"smlab-{dead_pid}-1-x", f"smlab-{os.getpid()}-99999-keep"
     try:
         for name in (stale, alive):
             subprocess.run(["ip", "netns", "add", name], check=True)
