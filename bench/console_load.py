@@ -17,14 +17,20 @@ re-arms (the part of a long-poll that is not waiting: its 304 time minus `wait`)
 the wake latency of a long-poll (every few seconds one node's hijack switch is flipped with
 the operator API and the time until its agent holds the new config is taken), the
 operator's PUT latency, and the CPU and memory of the console, of PostgreSQL, of the
-generators and of everything else (psutil). `--search` then looks for the largest node
-count whose p99s all stay under 100 ms; `--profile` samples the console with py-spy.
+generators and of everything else (psutil), and how many PostgreSQL connections the
+console opened. A step passes when the p99 of each of the three kinds is under 100 ms with at
+most 0.1 % errors. `--search` then looks for the largest node count that passes (up the
+ladder 2,000, 4,000, 6,000, 10,000, ... or down by halves, then bisecting); `--costs`
+measures the console's CPU per request of each kind alone; `--profile` adds a run under
+py-spy (GIL holders and every thread) and perf (CPU by library), and splits the costs too.
 
     .venv/bin/python bench/console_load.py [--nodes 2000] [--search] [--duration 60]
-        [--db sqlite,postgresql] [--profile] [--quick] [--write-results]
+        [--db sqlite,postgresql] [--costs] [--profile] [--quick] [--write-results]
 
-Needs Debian's postgresql for the PostgreSQL half (skipped with a note otherwise) and root
-(initdb runs as user postgres); py-spy (`.venv/bin/pip install py-spy`) for --profile.
+The default run (2,000 nodes on both databases) takes about 5 minutes; with --search
+--costs --profile about 25. Needs root and Debian's postgresql for the PostgreSQL half
+(skipped with a note otherwise); py-spy (`.venv/bin/pip install py-spy`) and perf
+(linux-perf) for --profile.
 """
 
 from __future__ import annotations
@@ -628,6 +634,11 @@ class Step:
             found.append(f"file descriptors: {self.fds} open of {self.nofile}")
         if self.launched < self.nodes:
             found.append(f"only {self.launched} of {self.nodes} nodes got through launch")
+        if self.pg_sessions >= self.duration:
+            found.append(
+                f"PostgreSQL connection churn: {self.pg_sessions:,} new connections in the "
+                f"window (PostgreSQL CPU {self.postgres_cpu:.0f} %)"
+            )
         if self.others_cpu >= 30:
             found.append(f"other processes used {self.others_cpu:.0f} % of a CPU meanwhile (noise)")
         return found
@@ -1184,14 +1195,14 @@ def costs_text(outcome: Outcome, args: argparse.Namespace) -> list[str]:
         + ":",
         "",
         "| backend | request | answered/s | console CPU ms per request | PostgreSQL CPU ms "
-        "per request | p50 / p99 ms | console CPU % |"
+        "per request | p50 / p99 ms | console CPU % | others' CPU % |"
         + (
             " Python time %: " + " / ".join(split) + " | CPU % by library: interpreter / "
             "kernel / DB library / other |"
             if profiled
             else ""
         ),
-        "|---|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if profiled else ""),
+        "|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if profiled else ""),
     ]
     per_node: dict[str, float] = defaultdict(float)
     rate = {"status": 1 / args.period, "metrics": 1 / args.period, "rearm": 1 / args.wait}
@@ -1207,7 +1218,8 @@ def costs_text(outcome: Outcome, args: argparse.Namespace) -> list[str]:
         rows.append(
             f"| {step.backend} | {KIND_LABEL[kind]} | {count / step.duration:,.0f} | "
             f"{fmt(console, 2)} | {fmt(pg, 2) if step.backend == 'postgresql' else '-'} | "
-            f"{fmt(lat.p50)} / {fmt(lat.p99)} | {step.console_cpu:.0f} |{cell}"
+            f"{fmt(lat.p50)} / {fmt(lat.p99)} | {step.console_cpu:.0f} | "
+            f"{step.others_cpu:.0f} |{cell}"
         )
         per_node[step.backend] += console * rate[kind]
     rows.append("")
@@ -1255,6 +1267,23 @@ def gap_text(outcome: Outcome, args: argparse.Namespace) -> list[str]:
                 "(SQLAlchemy statement construction and cache-key generation); built once and "
                 "executed with parameters, that difference mostly goes."
             )
+    churn = [
+        s
+        for s in outcome.base + [x for v in outcome.searched.values() for x in v]
+        if s.backend == "postgresql" and s.pg_sessions >= s.duration
+    ]
+    if churn:
+        worst = max(churn, key=lambda s: s.pg_sessions)
+        out.append(
+            f"- PostgreSQL: at {worst.nodes:,} nodes the console opened {worst.pg_sessions:,} "
+            f"new connections in the {worst.duration:g} s window (PostgreSQL CPU "
+            f"{worst.postgres_cpu:.0f} %): console/db.py gives PostgreSQL pool_size=10, "
+            "max_overflow=20, while up to 40 threads (anyio's default) want a connection, so "
+            "each burst opens overflow connections that are closed again on return: a new "
+            "backend process per request. A pool as large as the thread pool (or a thread "
+            "limiter no larger than the pool) ends the churn. SQLite's default pool (5 + 10 "
+            "overflow) is short of threads the same way."
+        )
     prof = next((s.profile for s in outcome.profiles if s.profile), None)
     if prof is not None:
         incl = dict(prof["inclusive"])
@@ -1482,9 +1511,9 @@ def side_by_side(steps: list[Step]) -> str:
 def search_table(steps: list[Step]) -> str:
     rows = [
         "| backend | nodes | req/s | status p99 ms | metrics p99 ms | re-arm p99 ms | errors | "
-        "console CPU % | CPU ms/req | RSS MB | generators CPU % | machine CPU % | "
-        "load avg before | verdict |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "console CPU % | CPU ms/req | RSS MB | generators CPU % | others' CPU % | "
+        "PostgreSQL CPU % / new connections | verdict |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for s in sorted(steps, key=lambda x: (x.backend, x.nodes)):
         rows.append(
@@ -1492,8 +1521,9 @@ def search_table(steps: list[Step]) -> str:
             + " | ".join(fmt(s.lat[k].p99) if k in s.lat else "-" for k in KINDS)
             + f" | {s.error_count} | {s.console_cpu:.0f} | {fmt(s.cpu_per_request, 2)} | "
             f"{s.rss_peak:.0f} | "
-            f"{'+'.join(f'{g:.0f}' for g in s.generator_cpu)} | {s.machine_cpu:.0f} | "
-            f"{s.load_before} | {'pass' if s.passed else 'fail'} |"
+            f"{'+'.join(f'{g:.0f}' for g in s.generator_cpu)} | {s.others_cpu:.0f} | "
+            + (f"{s.postgres_cpu:.0f} / {s.pg_sessions:,}" if s.backend == "postgresql" else "-")
+            + f" | {'pass' if s.passed else 'fail'} |"
         )
     return "\n".join(rows)
 
@@ -1580,11 +1610,16 @@ def verdicts(outcome: Outcome, args: argparse.Namespace) -> list[str]:
             )
     for backend, (lo, hi) in outcome.best.items():
         limit = f"; {hi:,} nodes failed" if hi else ""
+        found = (
+            f"the largest node count measured with every p99 < {TARGET_MS:.0f} ms is "
+            f"**{lo:,}**{limit}"
+            if lo
+            else f"no node count measured passed, down to **{hi:,}** nodes"
+        )
         lines.append(
             f"- Goal {GOAL_NODES:,} nodes, {backend}: "
             + ("**met**" if lo >= GOAL_NODES else "**not met**")
-            + f": the largest node count measured with every p99 < {TARGET_MS:.0f} ms is "
-            f"**{lo:,}**{limit}"
+            + f": {found}"
         )
     if not outcome.best:
         lines.append(f"- Goal {GOAL_NODES:,} nodes: not searched in this run (--search)")
@@ -1644,9 +1679,12 @@ def report(args: argparse.Namespace, outcome: Outcome, facts: dict[str, str]) ->
             else "not pinned: everything shares both CPUs, and each party's CPU is reported. "
         )
         + "A switch flip (operator PUT) every "
-        f"{args.flip_every:g} s during the window times the long-poll wake-up. Re-arm latency "
-        "= the 304's time minus `wait` (the console starts the wait after checking the "
-        "signature and finding the node, and reads the document once more when it ends). "
+        f"{args.flip_every:g} s during the window times the long-poll wake-up (from sending "
+        "the PUT: the console wakes the poll at commit, a little before it answers the PUT, "
+        "so the time after the answer can be negative). Status latency includes the TCP "
+        "connect of the cycle's fresh connection (also shown alone). Re-arm latency = the "
+        "304's time minus `wait` (the console starts the wait after checking the signature "
+        "and finding the node, and reads the document once more when it ends). "
         "PostgreSQL: a throw-away cluster on a unix socket, "
         + ", ".join(PgCluster.SETTINGS)
         + "; SQLite: WAL, synchronous=NORMAL (the console's own settings).",
