@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from sqlalchemy import Engine, MetaData, select
 
 from console import admin
 from console.db import make_engine, migrate, sessions
+from netlab import LabTimeout, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "correct horse battery"  # noqa: S105  (a test operator's password)
@@ -142,18 +142,22 @@ class ConsoleProcess:
             cwd=REPO,
         )
         log.close()
-        end = time.monotonic() + deadline
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"console exited {self.proc.returncode}:\n{self.log()}")
+        proc = self.proc
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"console exited {proc.returncode}:\n{self.log()}")
             try:
-                if httpx.get(f"{self.url}/api/v1/health", timeout=1).status_code == 200:
-                    return self
+                return httpx.get(f"{self.url}/api/v1/health", timeout=1).status_code == 200
             except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"console not ready within {deadline}s:\n{self.log()}")
+                return False
+
+        try:
+            wait_until(ready, deadline=deadline, interval=0.1, what="console /api/v1/health")
+        except LabTimeout:
+            self.stop()
+            raise RuntimeError(f"console not ready within {deadline}s:\n{self.log()}") from None
+        return self
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -170,21 +174,18 @@ class ConsoleProcess:
     def wait_for_long_polls(self, count: int = 1, deadline: float = 10.0) -> None:
         """Until `count` agents are waiting in a long-poll here (a change made before that
         would be answered at once, not by a wake-up)."""
-        end = time.monotonic() + deadline
-        while time.monotonic() < end:
-            if httpx.get(f"{self.url}/api/v1/health").json()["long_polls"] >= count:
-                return
-            time.sleep(0.02)
-        raise AssertionError(f"no {count} long-poll(s) waiting within {deadline}s")
+        wait_until(
+            lambda: httpx.get(f"{self.url}/api/v1/health").json()["long_polls"] >= count,
+            deadline=deadline,
+            what=f"{count} long-poll(s) waiting",
+        )
 
     def wait_for_log(self, text: str, deadline: float = 10.0) -> str:
-        end = time.monotonic() + deadline
-        while time.monotonic() < end:
+        def found() -> str | None:
             log = self.log()
-            if text in log:
-                return log
-            time.sleep(0.05)
-        raise AssertionError(f"{text!r} not in the console log within {deadline}s")
+            return log if text in log else None
+
+        return wait_until(found, deadline=deadline, interval=0.05, what=f"{text!r} in the log")
 
 
 @dataclass
