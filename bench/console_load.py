@@ -909,12 +909,13 @@ class Runner:
                 f"+{launch_end - now:.0f}s, window +{start - now:.0f}..+{end - now:.0f}s"
             )
             self.sleep_until(start, procs, console)
-            step.long_polls = int(console.health().get("long_polls", 0))
+            # -1: /health did not answer within 10 s (an overloaded console).
+            step.long_polls = int(console.health().get("long_polls", -1))
             step.window_start = start
             step.console_started = console.started
             mark0 = self.mark(console, backend, procs)
             if profile:
-                spies = self.start_profile(console.pid, s.duration)
+                spies = self.start_profile(console.pid, s.duration, threads=s.kinds == KINDS_ALL)
             self.window(step, console, operator, node_list, end=end, procs=procs)
             mark1 = self.mark(console, backend, procs)
             operator.close()
@@ -1089,13 +1090,19 @@ class Runner:
             outputs.append(json.loads((self.workdir / f"out-{g}.json").read_text()))
         return outputs
 
-    def start_profile(self, pid: int, duration: float) -> list[subprocess.Popen[bytes]]:
-        """Two samplers: threads holding the GIL (Python work) and every thread (where
-        the worker threads wait)."""
+    def start_profile(
+        self, pid: int, duration: float, *, threads: bool
+    ) -> list[subprocess.Popen[bytes]]:
+        """Samplers: py-spy on the thread holding the GIL (Python work), perf on every
+        thread (CPU by library) and py-spy on every thread (where the worker threads wait)
+        only with `threads`: those two cost about 40 % of a CPU each, too much for the
+        cost runs."""
         spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
         if not Path(spy).exists():
             log("py-spy not found (.venv/bin/pip install py-spy): no profile")
             return []
+        for stale in ("profile-gil.txt", "profile-all.txt", PERF):
+            (self.workdir / stale).unlink(missing_ok=True)
         common = [spy, "record", "--pid", str(pid), "--duration", str(int(duration))]
         common += ["--rate", str(PROFILE_RATE), "--nonblocking", "--format", "raw"]
         procs = [
@@ -1105,9 +1112,10 @@ class Runner:
                 stderr=subprocess.DEVNULL,
             )
             for extra, name in ((("--gil",), "profile-gil.txt"), (("--idle",), "profile-all.txt"))
+            if threads or name != "profile-all.txt"
         ]
         perf = shutil.which("perf")
-        if perf:
+        if perf and threads:
             # Every thread's CPU by library, the kernel included (where py-spy cannot look).
             procs.append(
                 subprocess.Popen(
@@ -1155,17 +1163,6 @@ def cost_runs(
     return out
 
 
-def by_library(step: Step) -> tuple[float, float, float, float]:
-    """perf's split of the console's CPU: interpreter, kernel, database library, other."""
-    dso = dict(step.profile.get("perf_dso", [])) if step.profile else {}
-    if not dso:
-        return math.nan, math.nan, math.nan, math.nan
-    python = sum(v for k, v in dso.items() if k.startswith(("python3", "libpython3")))
-    kernel = sum(v for k, v in dso.items() if "kernel" in k)
-    db = sum(v for k, v in dso.items() if k.startswith(("libsqlite3", "libpq", "_psycopg")))
-    return python, kernel, db, max(0.0, 100 - python - kernel - db)
-
-
 def step_cost(step: Step, kind: str) -> tuple[float, float, int]:
     """Console and PostgreSQL CPU ms per answered request of `kind`, and the count."""
     count = step.lat[kind].count if kind in step.lat else 0
@@ -1187,8 +1184,8 @@ def costs_text(outcome: Outcome, args: argparse.Namespace) -> list[str]:
         + (
             "; profiled: the console's Python time (py-spy --gil samples) split into "
             + ", ".join(split)
-            + " (thread hand-offs = anyio/threading leaf frames outside auth and the handler), "
-            "and all its CPU (perf) by library"
+            + " (thread hand-offs = anyio/threading leaf frames outside auth and the handler; "
+            "the others' CPU then includes the sampler)"
             if profiled
             else ""
         )
@@ -1196,13 +1193,8 @@ def costs_text(outcome: Outcome, args: argparse.Namespace) -> list[str]:
         "",
         "| backend | request | answered/s | console CPU ms per request | PostgreSQL CPU ms "
         "per request | p50 / p99 ms | console CPU % | others' CPU % |"
-        + (
-            " Python time %: " + " / ".join(split) + " | CPU % by library: interpreter / "
-            "kernel / DB library / other |"
-            if profiled
-            else ""
-        ),
-        "|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if profiled else ""),
+        + (" Python time %: " + " / ".join(split) + " |" if profiled else ""),
+        "|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if profiled else ""),
     ]
     per_node: dict[str, float] = defaultdict(float)
     rate = {"status": 1 / args.period, "metrics": 1 / args.period, "rearm": 1 / args.wait}
@@ -1213,8 +1205,7 @@ def costs_text(outcome: Outcome, args: argparse.Namespace) -> list[str]:
         if profiled:
             b = step.profile["buckets"] if step.profile else {}
             total = sum(b.values()) or math.nan
-            cell = " / ".join(fmt(100 * b.get(x, math.nan) / total, 0) for x in split) + " | "
-            cell += " / ".join(fmt(v, 0) for v in by_library(step)) + " |"
+            cell = " / ".join(fmt(100 * b.get(x, math.nan) / total, 0) for x in split) + " |"
         rows.append(
             f"| {step.backend} | {KIND_LABEL[kind]} | {count / step.duration:,.0f} | "
             f"{fmt(console, 2)} | {fmt(pg, 2) if step.backend == 'postgresql' else '-'} | "
@@ -1309,12 +1300,14 @@ def gap_text(outcome: Outcome, args: argparse.Namespace) -> list[str]:
         dso = dict(prof.get("perf_dso", []))
         kernel = sum(v for k, v in dso.items() if "kernel" in k)
         if kernel >= 10:
+            switch = sum(v for k, v in prof.get("perf_sym", []) if "finish_task_switch" in k)
             out.append(
-                f"- {kernel:.0f} % of the console's CPU is in the kernel (perf): each "
-                f"status+metrics cycle opens a new TCP connection, because uvicorn closes idle "
-                f"connections after 5 s and agents post every {args.period:g} s; a keep-alive "
-                "longer than the period, or one request carrying status and metrics, saves "
-                "accept/close work and one request's fixed cost per cycle."
+                f"- {kernel:.0f} % of the console's CPU is in the kernel (perf; "
+                f"{switch:.0f} % in `finish_task_switch` alone): thread switches for the "
+                "hand-offs above and between the pool's threads, and the TCP work of a new "
+                "connection per status+metrics cycle (uvicorn closes idle connections after "
+                f"5 s, agents post every {args.period:g} s). Fewer hops, a keep-alive longer "
+                "than the period, or one request carrying status and metrics would save it."
             )
     if out:
         out.append(
@@ -1456,11 +1449,19 @@ def side_by_side(steps: list[Step]) -> str:
     )
     row(
         "long-polls waiting at window start (/health)",
-        [f"{s.long_polls:,} of {s.nodes:,}" for s in steps],
+        [
+            f"{s.long_polls:,} of {s.nodes:,}" if s.long_polls >= 0 else "no answer in 10 s"
+            for s in steps
+        ],
     )
     row(
         "long-polls still held 3 s after every agent closed its connections / cancelled at stop",
-        [f"{s.lingering:,} / {s.cancelled_at_stop:,}" for s in steps],
+        [
+            f"{s.lingering:,} / {s.cancelled_at_stop:,}"
+            if s.lingering >= 0
+            else f"no answer / {s.cancelled_at_stop:,}"
+            for s in steps
+        ],
     )
     for kind in ("register", "config_initial"):
         row(
