@@ -76,6 +76,14 @@ class Backoff:
 
 
 @dataclass(frozen=True)
+class KeyScope:
+    key_id: str
+    tenant: str
+    workspace: str
+    instance_id: str
+
+
+@dataclass(frozen=True)
 class Registration:
     node_id: int
     config_version: int
@@ -184,6 +192,16 @@ class ConsoleClient:
 
     def close(self) -> None:
         self._http.close()
+
+    def whoami(self) -> KeyScope:
+        """The tenant, workspace and instance the access key belongs to."""
+        answer = self._call("GET", "/api/v1/agent/whoami")
+        return KeyScope(
+            str(answer["key_id"]),
+            str(answer["tenant"]),
+            str(answer["workspace"]),
+            str(answer["instance_id"]),
+        )
 
     def register(self, app: str, ip: str, hostname: str) -> Registration:
         answer = self._call(

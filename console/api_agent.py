@@ -14,11 +14,11 @@ from starlette.concurrency import run_in_threadpool
 from console import configdoc, metrics, values
 from console.agent_schemas import MetricsReport, NodeRef, RegisterRequest, StatusReport
 from console.api_apps import find_app, find_node
-from console.auth import AgentDep
+from console.auth import AgentDep, scope_of
 from console.errors import BadInput, NotFound
 from console.models import Node
 from console.state import ConsoleState, DbDep, StateDep, now, unix_now
-from console.views import NodeConfig, RegisterOut
+from console.views import NodeConfig, RegisterOut, WhoAmIOut
 
 router = APIRouter(prefix="/api/v1/agent", tags=["agent"])
 MAX_WAIT = 60
@@ -30,6 +30,19 @@ METRICS_FUTURE = 300
 def _node(db: Session, instance_id: int, ref: NodeRef) -> Node:
     app = find_app(db, instance_id, ref.app, ["body", "app"])
     return find_node(db, app, ref.ip, ["body", "ip"])
+
+
+@router.get("/whoami", response_model=WhoAmIOut)
+def whoami(agent: AgentDep, db: DbDep) -> WhoAmIOut:
+    """The key's scope, so `sofamesh install -t -w -i` can check what the operator typed
+    against what the key may see and name the field that differs (R-CLI-1, R-SF-2)."""
+    scope = scope_of(db, agent.instance_id, agent.key_id, None)
+    return WhoAmIOut(
+        key_id=agent.key_id,
+        tenant=scope.tenant,
+        workspace=scope.workspace,
+        instance_id=scope.instance,
+    )
 
 
 @router.post("/register", response_model=RegisterOut)

@@ -124,6 +124,13 @@ class RealtimeMonitoring(BaseModel):
     apps: list[AppTraffic]
 
 
+class WhoAmIOut(BaseModel):
+    key_id: str
+    tenant: str
+    workspace: str
+    instance_id: str
+
+
 class RegisterOut(BaseModel):
     node_id: int
     config_version: int

@@ -51,6 +51,18 @@ def agent(operator: httpx.Client, world: World) -> Agent:
     return Agent(world)
 
 
+def test_whoami_names_the_keys_scope(agent: Agent, world: World) -> None:
+    answer = agent("GET", "whoami")
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {
+        "key_id": world.key_id,
+        "tenant": world.tenant,
+        "workspace": world.workspace,
+        "instance_id": world.instance,
+    }
+    assert world.secret not in answer.text
+
+
 def test_register(agent: Agent, operator: httpx.Client, world: World) -> None:
     answer = agent("POST", "register", body={"app": "web", "ip": "10.0.0.1", "hostname": "vm-1"})
     assert answer.status_code == 200, answer.text

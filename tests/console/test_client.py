@@ -37,8 +37,16 @@ def client(operator: httpx.Client, world: World) -> ConsoleClient:
     return ConsoleClient(world.url, Credentials(world.key_id, world.secret))
 
 
-def test_register_config_status_metrics(client: ConsoleClient, operator: httpx.Client) -> None:
+def test_register_config_status_metrics(
+    client: ConsoleClient, operator: httpx.Client, world: World
+) -> None:
     with client:
+        scope = client.whoami()
+        assert (scope.tenant, scope.workspace, scope.instance_id) == (
+            world.tenant,
+            world.workspace,
+            world.instance,
+        )
         registration = client.register("web", "10.0.0.1", "vm-1")
         config = client.config("web", "10.0.0.1")
         assert config is not None
