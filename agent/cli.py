@@ -12,6 +12,7 @@ import click
 from agent.cliutil import require_root
 from agent.console_cli import console_group
 from agent.hijack_cli import hijack_group, rules_command
+from agent.node_cli import COMMANDS as NODE_COMMANDS
 from agent.sidecar_cli import sidecar_group
 
 log = logging.getLogger("sofamesh")
@@ -31,7 +32,9 @@ def main(ctx: click.Context, verbose: bool, root: Path | None) -> None:
 
     Exit codes: 0 ok, 1 error, 2 bad input, 3 not root, 4 console unreachable or
     authentication failed, 5 backend unsupported, 6 failed and rolled back,
-    7 conflicting installed state, 8 drift (status --check), 9 sidecar not listening.
+    7 conflicting installed state, 8 drift (status --check), 9 sidecar not listening,
+    10 not registered in the console (tenant/workspace/instance, app or node unknown),
+    11 another install/uninstall is running, 12 not installed.
     """
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
@@ -70,3 +73,5 @@ main.add_command(hijack_group)
 main.add_command(rules_command)
 main.add_command(sidecar_group)
 main.add_command(console_group)
+for command in NODE_COMMANDS:
+    main.add_command(command)

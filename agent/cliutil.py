@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 
 import click
 
+from agent import errors as agent_errors
 from agent.exit_codes import ExitStatus
 from hijack import errors
 
@@ -29,6 +30,13 @@ def require_root(what: str) -> None:
 def errors_to_exit() -> Iterator[None]:
     """Turn library errors into one line and a distinct exit code."""
     table: list[tuple[type[Exception], ExitStatus]] = [
+        (agent_errors.BadInput, ExitStatus.BAD_INPUT),
+        (agent_errors.NotRegistered, ExitStatus.NOT_REGISTERED),
+        (agent_errors.ConsoleFailure, ExitStatus.CONSOLE),
+        (agent_errors.Busy, ExitStatus.BUSY),
+        (agent_errors.NotInstalled, ExitStatus.NOT_INSTALLED),
+        (agent_errors.InstallFailed, ExitStatus.ROLLED_BACK),
+        (agent_errors.AgentError, ExitStatus.ERROR),
         (errors.ConfigError, ExitStatus.BAD_INPUT),
         (errors.NotRoot, ExitStatus.NOT_ROOT),
         (errors.BackendUnavailable, ExitStatus.BACKEND_UNSUPPORTED),
@@ -38,6 +46,8 @@ def errors_to_exit() -> Iterator[None]:
     ]
     try:
         yield
+    except OSError as exc:  # the console probe, a lock file, a directory we must write
+        fail(ExitStatus.ERROR, f"{exc.filename or ''} {exc.strerror or exc}".strip())
     except tuple(cls for cls, _ in table) as exc:
         status = next(code for cls, code in table if isinstance(exc, cls))
         fail(status, str(exc))

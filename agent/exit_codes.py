@@ -16,3 +16,6 @@ class ExitStatus(IntEnum):
     CONFLICT = 7  # installed sofamesh objects disagree (e.g. legacy and nft mixed)
     DRIFT = 8  # `status --check`: installed rules differ from the desired ones
     SIDECAR_DOWN = 9  # nothing listens where the rules would redirect: refused (no blackhole)
+    NOT_REGISTERED = 10  # the console knows no such tenant/workspace/instance, app or node
+    BUSY = 11  # another install/uninstall holds the node's lock (waited, gave up)
+    NOT_INSTALLED = 12  # the command needs `sofamesh install` first

@@ -27,6 +27,85 @@ class Paths:
         """The last applied interception config and backend (for status, drift, repair)."""
         return self.state_dir / "hijack.json"
 
+    @property
+    def etc_dir(self) -> Path:
+        return self.root / "etc/sofamesh"
+
+    @property
+    def settings(self) -> Path:
+        """What install was given (no secret): tenant, workspace, app, key id, console..."""
+        return self.etc_dir / "agent.json"
+
+    @property
+    def secret(self) -> Path:
+        """The access key's secret, 0600, read by the agent at start (R-CLI-6)."""
+        return self.etc_dir / "secret"
+
+    @property
+    def sidecar_config(self) -> Path:
+        """Readable by the proxy user: the sidecar reads it at start and on reload."""
+        return self.etc_dir / "sidecar.json"
+
+    @property
+    def config_cache(self) -> Path:
+        """The console's last config for this node: used while the console is away (R-AG-7)."""
+        return self.state_dir / "node-config.json"
+
+    @property
+    def agent_status(self) -> Path:
+        """What the agent last saw and did, rewritten every loop (status, install waits)."""
+        return self.state_dir / "agent-status.json"
+
+    @property
+    def install_record(self) -> Path:
+        """What install created (user, unit, files), so uninstall removes exactly that."""
+        return self.state_dir / "install.json"
+
+    @property
+    def sidecar_state_dir(self) -> Path:
+        """The sidecar's own directory (hot-restart socket), owned by the proxy user."""
+        return self.state_dir / "sidecar"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "run/sofamesh"
+
+    @property
+    def keeper_pid(self) -> Path:
+        return self.run_dir / "keeper.pid"
+
+    @property
+    def agent_pid(self) -> Path:
+        return self.run_dir / "agent.pid"
+
+    @property
+    def sidecar_pid(self) -> Path:
+        return self.run_dir / "sidecar.pid"
+
+    @property
+    def install_lock(self) -> Path:
+        return self.run_dir / "install.lock"
+
+    @property
+    def agent_lock(self) -> Path:
+        return self.run_dir / "agent.lock"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.root / "var/log/sofamesh"
+
+    @property
+    def agent_log(self) -> Path:
+        return self.log_dir / "agent.log"
+
+    @property
+    def sidecar_log(self) -> Path:
+        return self.log_dir / "sidecar.log"
+
+    @property
+    def unit_file(self) -> Path:
+        return self.root / "etc/systemd/system/sofamesh-agent.service"
+
 
 def write_json_atomic(path: Path, data: Any, mode: int = 0o600) -> None:
     """Write, fsync, rename: a crash leaves the old file or the new one, never half of one."""

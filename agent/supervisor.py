@@ -20,6 +20,8 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
 
 log = logging.getLogger("sofamesh.agent.supervisor")
 
@@ -46,6 +48,18 @@ class ProgramSpec:
     backoff_max: float = 30.0
     stop_signal: signal.Signals = signal.SIGTERM
     stop_timeout: float = 20.0  # then SIGKILL (the sidecar's drain timeout plus margin)
+    # stdout and stderr go here (appended), never to a pipe: the sidecar must outlive the
+    # agent, and a pipe whose reader died would kill it with SIGPIPE.
+    log_file: Path | None = None
+
+
+class Child(Protocol):
+    """What the supervisor needs of a process: a Popen, or one adopted after a restart."""
+
+    @property
+    def pid(self) -> int: ...
+
+    def poll(self) -> int | None: ...
 
 
 Listener = Callable[[State, State, str], None]
@@ -56,8 +70,11 @@ class Supervisor:
     spec: ProgramSpec
     clock: Callable[[], float] = time.monotonic
     listener: Listener | None = None
+    # Called right after each spawn: the pid file, cgroup placement, oom_score_adj. (Not a
+    # preexec_fn: the agent has threads, and code between fork and exec must not.)
+    on_spawn: Callable[[int], None] | None = None
     state: State = State.STOPPED
-    proc: subprocess.Popen[bytes] | None = None
+    proc: Child | None = None
     failures: int = 0  # failed starts in a row
     restarts: int = 0  # every start after the first
     last_exit: int | None = None
@@ -74,6 +91,11 @@ class Supervisor:
         if self.state in (State.STOPPED, State.EXITED, State.FATAL):
             self.failures = 0
             self._spawn("start requested")
+
+    def adopt(self, proc: Child) -> None:
+        """Take over a process a previous agent started (it kept running without us)."""
+        self.proc, self.failures, self._killed = proc, 0, False
+        self._go(State.RUNNING, f"adopted running pid {proc.pid}")
 
     def stop(self) -> None:
         if self.state in (State.STARTING, State.RUNNING):
@@ -126,14 +148,24 @@ class Supervisor:
 
     def _spawn(self, reason: str) -> None:
         self._killed = False
-        self.proc = subprocess.Popen(
-            list(self.spec.argv),
-            env=dict(self.spec.env) if self.spec.env is not None else None,
-            user=self.spec.user,
-            start_new_session=True,  # signals to the sidecar's group, never to the agent's
-            stdin=subprocess.DEVNULL,
-        )
-        self._go(State.STARTING, f"{reason}: pid {self.proc.pid}")
+        out = open(self.spec.log_file, "ab") if self.spec.log_file else None  # noqa: SIM115
+        try:
+            proc = subprocess.Popen(
+                list(self.spec.argv),
+                env=dict(self.spec.env) if self.spec.env is not None else None,
+                user=self.spec.user,
+                start_new_session=True,  # signals to the sidecar's group, never the agent's
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+            )
+        finally:
+            if out is not None:
+                out.close()
+        self.proc = proc
+        if self.on_spawn is not None:
+            self.on_spawn(proc.pid)
+        self._go(State.STARTING, f"{reason}: pid {proc.pid}")
 
     def _failed_start(self, code: int) -> None:
         self.last_exit = code
