@@ -99,12 +99,12 @@ def install(paths: Paths, wanted: NodeSettings, secret: str, say: Say, verbose: 
         except BaseException as exc:
             reason = str(exc) or type(exc).__name__
             say(f"install failed: {reason}; rolling back")
-            _teardown(paths, record, steps)
+            _teardown(paths, record, steps, keep_logs=True)
             if isinstance(exc, KeyboardInterrupt):
                 raise
             raise InstallFailed(
-                f"{reason}. Everything install changed was undone; fix the cause and run "
-                "install again (`-v` shows each step)"
+                f"{reason}. Everything install changed was undone (the logs are kept in "
+                f"{paths.log_dir}); fix the cause and run install again"
             ) from None
         state = read_json(paths.agent_status) or {}
         on = "on" if state.get("enabled") else "off (switched off in the console)"
@@ -329,7 +329,9 @@ def uninstall(paths: Paths, say: Say, verbose: bool) -> Outcome:
     return Outcome(True, "uninstalled: rules, sidecar, agent, user and files removed")
 
 
-def _teardown(paths: Paths, record: dict[str, Any], steps: Steps) -> None:
+def _teardown(
+    paths: Paths, record: dict[str, Any], steps: Steps, *, keep_logs: bool = False
+) -> None:
     """Undo install in the safe order; every step runs even if an earlier one failed."""
     problems: list[str] = []
 
@@ -352,7 +354,7 @@ def _teardown(paths: Paths, record: dict[str, Any], steps: Steps) -> None:
         user = saved.proxy_user if saved else None
         if user:
             attempt(f"removing the proxy user {user}", lambda: _remove_user(user, steps))
-    attempt("removing the files", lambda: _remove_files(paths, record))
+    attempt("removing the files", lambda: _remove_files(paths, record, keep_logs))
     if problems:
         raise AgentError("uninstall incomplete: " + "; ".join(problems))
 
@@ -391,9 +393,10 @@ def _remove_user(name: str, steps: Steps) -> None:
         raise AgentError(f"userdel {name}: {done.stderr.strip()}")
 
 
-def _remove_files(paths: Paths, record: dict[str, Any]) -> None:
+def _remove_files(paths: Paths, record: dict[str, Any], keep_logs: bool = False) -> None:
     for directory in (paths.etc_dir, paths.state_dir, paths.run_dir, paths.log_dir):
-        shutil.rmtree(directory, ignore_errors=True)
+        if not (keep_logs and directory == paths.log_dir):
+            shutil.rmtree(directory, ignore_errors=True)
     for created in sorted(record.get("created_dirs", []), key=len, reverse=True):
         with contextlib.suppress(OSError):  # not empty (someone else's files) or gone
             os.rmdir(created)
