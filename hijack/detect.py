@@ -1,9 +1,12 @@
 """Pick the backend the host uses, the way Istio and Kuma do, and never mix the two.
 
-Order: (1) if sofamesh rules are already installed, stay with that backend; (2) count
+Order: (1) if sofamesh rules (or pinned eBPF programs) are already installed, stay with that
+backend; (2) eBPF when the kernel, BTF, headers and bcc allow it and a probe load of the
+programs works (and, inside a network namespace, only with an explicit cgroup: cgroup hooks
+reach every namespace); (3) count
 rules in legacy iptables and in nftables (iptables-nft rules live in nftables): the variant
 with rules is the one the host uses; (3) with no rules anywhere, follow what the host's
-`iptables` command is (`iptables --version` says "legacy" or "nf_tables"); (4) if the chosen
+`iptables` command is (`iptables --version` says "legacy" or "nf_tables"); (5) if the chosen
 backend cannot run here, fall back to the other and say why.
 """
 
@@ -14,13 +17,19 @@ from dataclasses import dataclass
 
 from hijack.backends import legacy as legacy_tables
 from hijack.backends.base import Backend
+from hijack.backends.ebpf import EbpfBackend, EbpfOptions, in_initial_netns
 from hijack.backends.iptables import IptablesBackend
 from hijack.backends.nftables import TABLE, NftablesBackend
 from hijack.command import Runner
 from hijack.errors import BackendUnavailable, ConfigError
 
-BACKENDS: dict[str, type[Backend]] = {"iptables": IptablesBackend, "nftables": NftablesBackend}
+BACKENDS: dict[str, type[Backend]] = {
+    "iptables": IptablesBackend,
+    "nftables": NftablesBackend,
+    "ebpf": EbpfBackend,
+}
 CHOICES = ("auto", *BACKENDS)
+NETFILTER = ("iptables", "nftables")
 
 
 @dataclass(frozen=True)
@@ -29,7 +38,9 @@ class Choice:
     reason: str
 
 
-def make_backend(name: str, runner: Runner) -> Backend:
+def make_backend(name: str, runner: Runner, options: EbpfOptions | None = None) -> Backend:
+    if name == "ebpf":
+        return EbpfBackend(runner, options)
     try:
         return BACKENDS[name](runner)
     except KeyError:
@@ -38,19 +49,23 @@ def make_backend(name: str, runner: Runner) -> Backend:
         ) from None
 
 
-def choose(requested: str, runner: Runner) -> Choice:
+def choose(requested: str, runner: Runner, options: EbpfOptions | None = None) -> Choice:
     """Resolve `auto` (or check an explicit choice) against this host."""
     if requested != "auto":
-        backend = make_backend(requested, runner)
+        backend = make_backend(requested, runner, options)
         reason = backend.unavailable_reason()
         if reason is not None:
             raise BackendUnavailable(f"backend {requested} cannot run here: {reason}")
         return Choice(backend, f"{requested} requested explicitly")
-    name, why = preferred(runner)
-    backend = make_backend(name, runner)
+    name, why = preferred(runner, options)
+    backend = make_backend(name, runner, options)
     reason = backend.unavailable_reason()
     if reason is None:
         return Choice(backend, why)
+    if name == "ebpf":
+        fallback, fallback_why = preferred_netfilter(runner)
+        chosen = choose(fallback, runner)
+        return Choice(chosen.backend, f"{fallback_why} (not eBPF: {reason})")
     other = make_backend("iptables" if name == "nftables" else "nftables", runner)
     other_reason = other.unavailable_reason()
     if other_reason is None:
@@ -60,9 +75,11 @@ def choose(requested: str, runner: Runner) -> Choice:
     )
 
 
-def installed_backends(runner: Runner) -> list[str]:
+def installed_backends(runner: Runner, options: EbpfOptions | None = None) -> list[str]:
     """Backends that have sofamesh objects in the kernel right now."""
     found = []
+    if EbpfBackend(runner, options).installed():
+        found.append("ebpf")
     if legacy_sofamesh_present(runner):
         found.append("iptables")
     if (
@@ -82,10 +99,27 @@ def legacy_sofamesh_present(runner: Runner) -> bool:
     return any(n.startswith("sofamesh-") for n in ipsets.split())
 
 
-def preferred(runner: Runner) -> tuple[str, str]:
-    installed = installed_backends(runner)
+def preferred(runner: Runner, options: EbpfOptions | None = None) -> tuple[str, str]:
+    installed = installed_backends(runner, options)
     if len(installed) == 1:
         return installed[0], f"sofamesh rules are already installed with {installed[0]}"
+    not_ebpf = ebpf_unavailable(runner, options)
+    if not_ebpf is None:
+        return "ebpf", "the kernel, BTF, headers and bcc support eBPF and the programs load"
+    name, why = preferred_netfilter(runner)
+    return name, f"{why} (not eBPF: {not_ebpf})"
+
+
+def ebpf_unavailable(runner: Runner, options: EbpfOptions | None) -> str | None:
+    """Why `auto` must not pick eBPF here, or None. Cheap checks first, then a probe load
+    of the programs (compiles and loads, attaches nothing)."""
+    if (options is None or options.cgroup is None) and not in_initial_netns():
+        return "inside a network namespace eBPF needs an explicit --cgroup"
+    backend = EbpfBackend(runner, options)
+    return backend.unavailable_reason() or backend.probe()
+
+
+def preferred_netfilter(runner: Runner) -> tuple[str, str]:
     legacy = sum(
         line.startswith("-A ")
         for dump in legacy_tables.legacy_dumps(runner).values()
