@@ -3,6 +3,7 @@
 #
 #   sofamesh.sh install -t TENANT -w WORKSPACE -i INSTANCEID -n APPNAME -a ACCESSKEY \
 #                       -s SECRETKEY -f ARTIFACTS [--console URL] [--backend B] [-v]
+#                       [--ip IP] [--proxy-user USER] [--cgroup PATH]
 #   sofamesh.sh uninstall [-v]
 #   sofamesh.sh reinstall [-f ARTIFACTS] [-v]
 #   sofamesh.sh status [--json] [-v]
@@ -51,6 +52,10 @@ Options:
                                the .tar.gz                            [install, reinstall]
       --console URL            console URL (default: the artifacts' settings.json) [install]
       --backend B              auto|iptables|nftables|ebpf (default auto)         [install]
+      --ip IP                  this node's IP as listed in the console (default:
+                               the address it reaches the console from)          [install]
+      --proxy-user USER        the sidecar's user (default sofamesh-proxy)        [install]
+      --cgroup PATH            ebpf: the cgroup v2 whose processes are intercepted [install]
       --json                   machine-readable status                            [status]
   -v, --verbose                show each step and each command run (secret masked)
   -h, --help                   this help
@@ -103,6 +108,7 @@ case "$COMMAND" in
 esac
 
 TENANT="" WORKSPACE="" INSTANCE="" APPNAME="" ACCESSKEY="" ARTIFACTS="" CONSOLE=""
+NODE_IP="" PROXY_USER="" CGROUP=""
 BACKEND=auto JSON=0 SECRET_FLAG=0
 GIVEN=()     # the long names of the options given, to check them against the command
 REEXEC=()    # the arguments without the secret, for the re-exec below
@@ -124,6 +130,9 @@ while [ "$#" -gt 0 ]; do
     -f | --artifacts) long=--artifacts ;;
     --console) long=--console ;;
     --backend) long=--backend ;;
+    --ip) long=--ip ;;
+    --proxy-user) long=--proxy-user ;;
+    --cgroup) long=--cgroup ;;
     -v | --verbose | --json | -h | --help)
       [ "$inline" = 0 ] || bad "option $name takes no value"
       case "$name" in
@@ -160,12 +169,15 @@ while [ "$#" -gt 0 ]; do
     --artifacts) ARTIFACTS=$value ;;
     --console) CONSOLE=$value ;;
     --backend) BACKEND=$value ;;
+    --ip) NODE_IP=$value ;;
+    --proxy-user) PROXY_USER=$value ;;
+    --cgroup) CGROUP=$value ;;
   esac
   REEXEC+=("$long" "$value")
 done
 
 case "$COMMAND" in
-  install) ALLOWED=" --tenant --workspace --instanceid --appname --accesskey --secretkey --artifacts --console --backend --verbose " ;;
+  install) ALLOWED=" --tenant --workspace --instanceid --appname --accesskey --secretkey --artifacts --console --backend --ip --proxy-user --cgroup --verbose " ;;
   reinstall) ALLOWED=" --artifacts --verbose " ;;
   uninstall) ALLOWED=" --verbose " ;;
   status) ALLOWED=" --json --verbose " ;;
@@ -199,6 +211,10 @@ if [ "$COMMAND" = install ]; then
     auto | iptables | nftables | ebpf) ;;
     *) bad "option --backend: '$BACKEND': choose from auto, iptables, nftables, ebpf" ;;
   esac
+  # Shape checks only; sofamesh install checks the rest before it changes anything.
+  [ -z "$NODE_IP" ] || [[ "$NODE_IP" =~ ^[0-9A-Fa-f.:]+$ ]] || bad "option --ip: '$NODE_IP' is not an IP address"
+  [ -z "$PROXY_USER" ] || [[ "$PROXY_USER" =~ ^[a-z_][a-z0-9_-]{0,31}$ ]] || bad "option --proxy-user: '$PROXY_USER' is not a Linux user name"
+  [ -z "$CGROUP" ] || [[ "$CGROUP" == /* ]] || bad "option --cgroup: '$CGROUP' must be an absolute path"
 fi
 if [ -n "$ARTIFACTS" ] && ! is_url "$ARTIFACTS"; then
   case "$ARTIFACTS" in
@@ -475,9 +491,14 @@ do_install() {
   set_cli
   # A failure exits through on_exit, which removes the venv if this run created it:
   # sofamesh install has undone its own steps, so a failed first install leaves nothing.
+  local extra=()
+  [ -z "$NODE_IP" ] || extra+=(--ip "$NODE_IP")
+  [ -z "$PROXY_USER" ] || extra+=(--proxy-user "$PROXY_USER")
+  [ -z "$CGROUP" ] || extra+=(--cgroup "$CGROUP")
   run_with_secret "${CLI[@]}" install \
     --tenant "$TENANT" --workspace "$WORKSPACE" --instanceid "$INSTANCE" --appname "$APPNAME" \
-    --accesskey "$ACCESSKEY" --artifacts "$ARTIFACTS" --console "$CONSOLE" --backend "$BACKEND"
+    --accesskey "$ACCESSKEY" --artifacts "$ARTIFACTS" --console "$CONSOLE" --backend "$BACKEND" \
+    "${extra[@]+"${extra[@]}"}"
   ROLLBACK_BASE=0
 }
 

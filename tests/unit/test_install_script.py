@@ -20,6 +20,7 @@ import tarfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts/sofamesh.sh"
-SECRET = "Zq9-top-secret-value-7Kx"
+SECRET = "Zq9-top-secret-value-7Kx"  # noqa: S105  (a made-up secret to look for)
 NOBODY = 65534
 UNREACHABLE = "http://127.0.0.1:9/sofamesh-artifacts.tar.gz"  # discard port: refused at once
 IS_ROOT = os.geteuid() == 0
@@ -118,6 +119,9 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
         (["uninstall", "-n", "web-app"], "--appname"),
         (["status", "--json=yes"], "--json"),
         (["reinstall", "--console", "http://c:1"], "--console"),
+        (install_args(UNREACHABLE, "--ip", "node-1"), "--ip"),
+        (install_args(UNREACHABLE, "--proxy-user", "Proxy User"), "--proxy-user"),
+        (install_args(UNREACHABLE, "--cgroup", "sofamesh.slice"), "--cgroup"),
     ],
 )
 def test_bad_or_missing_option_names_it_and_exits_2(args: list[str], named: str) -> None:
@@ -177,7 +181,16 @@ def test_help_lists_every_option() -> None:
         ("-h", "--help"),
     ]:
         assert re.search(rf"^\s+{short}, {long}\b", result.stdout, re.MULTILINE), long
-    for long in ("--console", "--backend", "--json", "SOFAMESH_ROOT", "SOFAMESH_SECRETKEY"):
+    for long in (
+        "--console",
+        "--backend",
+        "--json",
+        "--ip",
+        "--proxy-user",
+        "--cgroup",
+        "SOFAMESH_ROOT",
+        "SOFAMESH_SECRETKEY",
+    ):
         assert long in result.stdout
     for command in ("install", "uninstall", "reinstall", "status"):
         assert re.search(rf"^\s+{command}\s", result.stdout, re.MULTILINE), command
@@ -246,7 +259,7 @@ def test_secret_never_in_verbose_output_when_a_later_step_fails(tmp_path: Path) 
 
 # --- the whole path with a stand-in `sofamesh` ------------------------------------------
 
-FAKE_CLI = '''
+FAKE_CLI = """
 import json, os, sys
 
 def main():
@@ -261,7 +274,7 @@ def main():
     if "status" in sys.argv and "--json" in sys.argv:
         print(json.dumps({"installed": True}))
     sys.exit(int(os.environ.get("FAKE_EXIT", "0")))
-'''
+"""
 
 
 def _fake_wheel(directory: Path, version: str) -> Path:
@@ -326,7 +339,7 @@ def node(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
     yield root, env
 
 
-def _calls(env: dict[str, str]) -> list[dict[str, object]]:
+def _calls(env: dict[str, str]) -> list[dict[str, Any]]:
     path = Path(env["FAKE_RECORD"])
     if not path.exists():
         return []
@@ -406,13 +419,15 @@ def test_install_hands_over_then_skips_pip_then_uninstall_leaves_nothing(
 
 
 def test_secret_from_the_environment(node: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
-    root, env = node
+    _, env = node
     artifacts = _fake_artifacts(tmp_path / "artifacts")
     args = [a for a in install_args(str(artifacts), "--console", "http://c.test:80") if a != SECRET]
     args.remove("-s")
-    result = run_script(args, {**env, "SOFAMESH_SECRETKEY": SECRET})
+    extra = ["--ip", "198.51.100.7", "--proxy-user", "mesh-proxy", "--cgroup", "/sofamesh/app"]
+    result = run_script([*args, *extra], {**env, "SOFAMESH_SECRETKEY": SECRET})
     assert result.returncode == 0, result.stderr
     assert _calls(env)[0]["secret"] == SECRET
+    assert _calls(env)[0]["argv"][-6:] == extra  # passed through to sofamesh install
     assert run_script(["uninstall"], env).returncode == 0
 
 
