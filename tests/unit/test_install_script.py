@@ -501,3 +501,14 @@ def test_uninstall_waits_for_a_running_install(
         rest = proc.stderr.read()
         assert proc.wait(timeout=60) == 0
     assert "nothing to uninstall" in rest
+
+
+@pytest.mark.skipif(
+    shutil.which("shellcheck") is None, reason="shellcheck is not installed (apt: shellcheck)"
+)
+def test_scripts_are_shellcheck_clean() -> None:
+    scripts = [SCRIPT, REPO / "scripts/build-artifacts.sh"]
+    result = subprocess.run(
+        ["shellcheck", *map(str, scripts)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout
