@@ -89,8 +89,14 @@ EOF
 tar -C "$REPO" --exclude=__pycache__ --exclude='*.pyc' -cf - pyproject.toml README.md "${PACKAGES[@]}" \
   | tar -C "$SRC" -xf -
 mkdir -p "$STAGE/wheels"
-# No build isolation: it would fetch setuptools from the index on every build.
-pip_quiet wheel --no-deps --no-build-isolation -w "$STAGE/wheels" "$SRC"
+# No build isolation when the interpreter has the build tools (the dev extras bring them):
+# isolation would set up a fresh build environment from the index on every build.
+if "$PYTHON" -c 'import setuptools, wheel' 2>/dev/null; then
+  pip_quiet wheel --no-deps --no-build-isolation -w "$STAGE/wheels" "$SRC"
+else
+  log "$PYTHON lacks setuptools or wheel: building in an isolated environment (needs the index)"
+  pip_quiet wheel --no-deps -w "$STAGE/wheels" "$SRC"
+fi
 WHEEL=$(find "$STAGE/wheels" -name 'sofamesh-*.whl')
 
 # Dependency wheels: from the cache when it has them all (no network), else fill the cache
