@@ -11,6 +11,7 @@ from agent.cliutil import echo_json, errors_to_exit, fail, require_root
 from agent.exit_codes import ExitStatus
 from agent.paths import Paths, read_json, write_json_atomic
 from hijack import engine
+from hijack.backends.ebpf import EbpfBackend, EbpfOptions
 from hijack.command import SubprocessRunner
 from hijack.config import HijackConfig, load_config
 from hijack.detect import CHOICES, choose, make_backend, preferred
@@ -22,13 +23,30 @@ BACKEND_OPTION = click.option(
     type=click.Choice(CHOICES),
     default="auto",
     show_default=True,
-    help="Interception backend; auto picks the one this host's netfilter uses.",
+    help="Interception backend; auto picks eBPF where it can run, else the one this "
+    "host's netfilter uses.",
+)
+CGROUP_OPTION = click.option(
+    "--cgroup",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="eBPF: the cgroup v2 directory whose processes are intercepted "
+    "(default: the root of the cgroup2 mount).",
 )
 CONFIG_FILE = click.Path(exists=False, dir_okay=False, path_type=Path)
 
 
 def _paths(ctx: click.Context) -> Paths:
     return Paths.from_env(ctx.obj.get("root") if ctx.obj else None)
+
+
+def _ebpf(ctx: click.Context, cgroup: Path | None = None) -> EbpfOptions:
+    """eBPF pins live on a bpffs under the root (so test nodes never share pins); the
+    cgroup comes from the flag, else from the last apply."""
+    paths = _paths(ctx)
+    if cgroup is None:
+        saved = read_json(paths.hijack_state) or {}
+        cgroup = Path(saved["cgroup"]) if saved.get("cgroup") else None
+    return EbpfOptions(cgroup=cgroup, bpffs=paths.root / "sys/fs/bpf")
 
 
 @click.group("hijack")
@@ -39,13 +57,16 @@ def hijack_group() -> None:
 @hijack_group.command("apply")
 @click.option("--config", "config_file", type=CONFIG_FILE, required=True, help="YAML or JSON file.")
 @BACKEND_OPTION
+@CGROUP_OPTION
 @click.option(
     "--force",
     is_flag=True,
     help="Apply even if nothing listens on the redirect ports (that blackholes traffic).",
 )
 @click.pass_context
-def apply_command(ctx: click.Context, config_file: Path, backend: str, force: bool) -> None:
+def apply_command(
+    ctx: click.Context, config_file: Path, backend: str, cgroup: Path | None, force: bool
+) -> None:
     """Install the rules for CONFIG atomically (a second apply replaces the first)."""
     with errors_to_exit():
         config = load_config(config_file)
@@ -64,11 +85,12 @@ def apply_command(ctx: click.Context, config_file: Path, backend: str, force: bo
                 f"nothing listens on {', '.join(missing)}: intercepted traffic would be "
                 "blackholed. Start the sidecar first (or pass --force).",
             )
-        result = engine.apply(config, backend)
-        write_json_atomic(
-            _paths(ctx).hijack_state,
-            {"backend": result.backend, "config": config.to_document(), "digest": result.digest},
-        )
+        options = _ebpf(ctx, cgroup)
+        result = engine.apply(config, backend, options=options)
+        state = {"backend": result.backend, "config": config.to_document(), "digest": result.digest}
+        if result.backend == "ebpf" and options.cgroup is not None:
+            state["cgroup"] = str(options.cgroup)
+        write_json_atomic(_paths(ctx).hijack_state, state)
     verb = "applied" if result.changed else "already applied, nothing changed"
     click.echo(f"{verb}: backend {result.backend} ({result.reason}); digest {result.digest}")
     for note in result.plan.notes:
@@ -88,7 +110,7 @@ def remove_command(ctx: click.Context, backend: str, park: bool) -> None:
     """Remove every sofamesh rule and set (and nothing else)."""
     require_root("hijack remove")
     with errors_to_exit():
-        removed = engine.remove(backend, park=park)
+        removed = engine.remove(backend, park=park, options=_ebpf(ctx))
     _paths(ctx).hijack_state.unlink(missing_ok=True)
     if park:
         click.echo(
@@ -120,8 +142,11 @@ def status_command(
     require_root("hijack status")
     with errors_to_exit():
         config = load_config(config_file) if config_file else _saved_config(ctx)
-        status = engine.status(config)
-    doc = _status_document(status)
+        options = _ebpf(ctx)
+        status = engine.status(config, options=options)
+        doc = _status_document(status)
+        if status.backend == "ebpf":
+            doc["bpf"] = EbpfBackend(SubprocessRunner(), options).objects()
     if as_json:
         echo_json(doc)
     else:
@@ -140,7 +165,7 @@ def repair_command(ctx: click.Context) -> None:
         if saved is None:
             fail(ExitStatus.BAD_INPUT, "nothing was applied yet: use `sofamesh hijack apply`")
         config = HijackConfig.parse(saved["config"], source="saved state")
-        result = engine.apply(config, saved["backend"])
+        result = engine.apply(config, saved["backend"], options=_ebpf(ctx))
     click.echo("repaired drift" if result.changed else "no drift: nothing to repair")
 
 
@@ -148,7 +173,8 @@ def repair_command(ctx: click.Context) -> None:
 @click.option("--config", "config_file", type=CONFIG_FILE, required=True, help="YAML or JSON file.")
 @BACKEND_OPTION
 @click.option("--dry-run", is_flag=True, help="Print exactly what apply would load; needs no root.")
-def rules_command(config_file: Path, backend: str, dry_run: bool) -> None:
+@click.pass_context
+def rules_command(ctx: click.Context, config_file: Path, backend: str, dry_run: bool) -> None:
     """Show the planned rules (--dry-run), or planned vs installed with hit counters."""
     runner = SubprocessRunner()
     with errors_to_exit():
@@ -159,7 +185,7 @@ def rules_command(config_file: Path, backend: str, dry_run: bool) -> None:
             click.echo(make_backend(name, runner).render(plan), nl=False)
             return
         require_root("rules")
-        chosen = choose(backend, runner).backend
+        chosen = choose(backend, runner, _ebpf(ctx)).backend
         expected = chosen.expected_view(plan)
         installed = chosen.inspect()
     click.echo(f"planned digest:   {expected.digest}")
@@ -216,6 +242,9 @@ def _print_status(doc: dict[str, Any]) -> None:
         click.echo("drift:   " + ("none" if doc["in_sync"] else "; ".join(doc["drift"])))
     for name, size in doc["sets"].items():
         click.echo(f"set {name}: {size} entries")
+    for obj in doc.get("bpf", []):
+        detail = " ".join(f"{k}={v}" for k, v in obj.items() if k not in ("kind", "pin"))
+        click.echo(f"bpf {obj['kind']:<4} {obj['pin']}  {detail}")
     if doc["rules"]:
         click.echo(f"{'packets':>10} {'bytes':>12}  rule")
         for r in doc["rules"]:

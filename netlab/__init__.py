@@ -8,6 +8,7 @@ with Lab(["node", "peer"]) as lab:
     print(lab["node"].probe_connect(lab["peer"].ipv4, 8080))
 """
 
+from netlab.cgroup import Cgroup, cgroup2_mount
 from netlab.errors import LabCommandError, LabError, LabTerminated, LabTimeout
 from netlab.lab import BRIDGE_IPV4, BRIDGE_IPV6, Lab
 from netlab.netns import reap_stale
@@ -18,11 +19,13 @@ __all__ = [
     "BRIDGE_IPV4",
     "BRIDGE_IPV6",
     "VM",
+    "Cgroup",
     "Lab",
     "LabCommandError",
     "LabError",
     "LabTerminated",
     "LabTimeout",
+    "cgroup2_mount",
     "reap_stale",
     "wait_until",
 ]

@@ -37,6 +37,9 @@ class VM:
         self.ipv4 = f"{IPV4_PREFIX}{index}"
         self.ipv6: str | None = f"{IPV6_PREFIX}{index}" if ipv6 else None
         self._tracker = tracker
+        self.cgroup: str | None = None
+        """A cgroup v2 directory every command of this VM joins (run and spawn), so that
+        cgroup BPF hooks see exactly this VM's processes; None: stay where the lab is."""
 
     def __repr__(self) -> str:
         return f"VM(name={self.name!r}, netns={self.netns!r}, ipv4={self.ipv4!r})"
@@ -79,8 +82,13 @@ class VM:
     ) -> subprocess.CompletedProcess[str]:
         """Run `cmd` inside the VM and wait; raise LabCommandError on failure if `check`."""
         self._require_running()
+        argv = self.argv(cmd, user=user, group=group)
+        if self.cgroup is not None:
+            # Join first (as root, before nsenter drops to `user`); membership survives exec.
+            join = 'echo $$ > "$0/cgroup.procs" && exec "$@"'
+            argv = ["sh", "-c", join, self.cgroup, *argv]
         return run_cmd(
-            self.argv(cmd, user=user, group=group),
+            argv,
             check=check,
             timeout=timeout,
             env=env,
@@ -110,6 +118,7 @@ class VM:
         """
         self._require_running()
         argv = self.argv(cmd, user=user, group=group)
+        cgroup = cgroup if cgroup is not None else self.cgroup
         join: Callable[[], None] | None = None
         if cgroup is not None:
             procs = os.path.join(cgroup, "cgroup.procs")

@@ -61,7 +61,30 @@ ensure_venv() {
   fi
 }
 
-setup() { ensure_root; ensure_apt "${APT_PACKAGES[@]}"; ensure_venv; }
+ensure_bpf() {
+  # The eBPF backend: bcc compiles its programs at run time against the kernel headers
+  # (DESIGN.md section 4); bpftool is what the tests compare bpf objects with.
+  ensure_apt linux-headers-amd64 python3-bpfcc bpftool
+  local release build
+  release="$(uname -r)"
+  build="/lib/modules/$release/build"
+  if [ ! -e "$build" ]; then
+    # This kernel ships no headers package: point build/source at Debian's amd64 headers.
+    local headers common
+    headers="$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1)"
+    common="$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -n 1)"
+    if [ -n "$headers" ] && [ -n "$common" ]; then
+      mkdir -p "/lib/modules/$release"
+      ln -sfn "$headers" "$build"
+      ln -sfn "$common" "/lib/modules/$release/source"
+      log "bpf: no headers for kernel $release: linked $build -> $headers and source -> $common"
+    else
+      log "bpf: no kernel headers found: the eBPF tests will be skipped (with the reason)"
+    fi
+  fi
+}
+
+setup() { ensure_root; ensure_apt "${APT_PACKAGES[@]}"; ensure_bpf; ensure_venv; }
 
 run_tests() {
   setup

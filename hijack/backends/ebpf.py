@@ -96,7 +96,7 @@ class EbpfBackend(Backend):
         return self.options.bpffs / "sofamesh" / str(_netns_inode())
 
     def installed(self) -> bool:
-        return (self.pin_dir / "settings").exists()
+        return (self.pin_dir / "map_settings").exists()
 
     def cgroup(self) -> Path:
         if self.options.cgroup is not None:

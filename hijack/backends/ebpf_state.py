@@ -9,8 +9,10 @@ netfilter backends.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
+import itertools
 import struct
 from dataclasses import dataclass
 
@@ -117,16 +119,19 @@ class Contents:
         return cls(settings, bytes(classes), cidr4, cidr6, tuple(console))
 
     def ranges(self, cls_: int, direction: int) -> tuple[PortRange, ...]:
-        out: list[PortRange] = []
-        start = None
-        for port in range(PORTS + 1):
-            hit = port < PORTS and self.classes[port * 2 + direction] == cls_
-            if hit and start is None:
-                start = port
-            elif not hit and start is not None:
-                out.append(PortRange(start, port - 1))
-                start = None
-        return tuple(out)
+        return self._runs.get((cls_, direction), ())
+
+    @functools.cached_property
+    def _runs(self) -> dict[tuple[int, int], tuple[PortRange, ...]]:
+        """Port ranges per (class, direction), from one pass over each direction."""
+        runs: dict[tuple[int, int], list[PortRange]] = {}
+        for direction in (IN, OUT):
+            port = 0
+            for cls_, group in itertools.groupby(self.classes[direction::2]):
+                width = sum(1 for _ in group)
+                runs.setdefault((cls_, direction), []).append(PortRange(port, port + width - 1))
+                port += width
+        return {key: tuple(value) for key, value in runs.items()}
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from netlab import VM, Lab
+from netlab import VM, Cgroup, Lab
 
 PROXY_UID = 1337  # no passwd entry needed: rules and setuid take the number
 INBOUND, OUTBOUND = 15006, 15001
@@ -25,6 +25,13 @@ class Mesh:
     backend: str
     root: Path
     listeners: dict[tuple[str, int], subprocess.Popen[str]] = field(default_factory=dict)
+    # eBPF only: the node's own cgroup v2 subtree (the hooks attach there).
+    cgroup: Cgroup | None = None
+
+    @property
+    def bpffs(self) -> Path:
+        """Where the CLI (run with --root) mounts the bpffs it pins the eBPF objects on."""
+        return self.root / "sys/fs/bpf"
 
     @property
     def node(self) -> VM:
@@ -79,8 +86,16 @@ class Mesh:
         self, doc: dict[str, Any] | None = None, *, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
         path = self.config_file(doc or {})
+        extra = ["--cgroup", str(self.cgroup.path)] if self.cgroup is not None else []
         return self.sofamesh(
-            "hijack", "apply", "--backend", self.backend, "--config", str(path), check=check
+            "hijack",
+            "apply",
+            "--backend",
+            self.backend,
+            "--config",
+            str(path),
+            *extra,
+            check=check,
         )
 
     def status(self) -> dict[str, Any]:
@@ -103,7 +118,30 @@ class Mesh:
             out = re.sub(r"packets \d+ bytes \d+", "packets 0 bytes 0", out)
             out = re.sub(r" initval 0x[0-9a-f]+", "", out)  # ipset hash seeds are random
             parts.append(f"== {' '.join(cmd)}\n{out.strip()}")
+        if self.cgroup is not None:
+            parts.append(f"== bpf objects\n{self.bpf_dump()}")
         return "\n".join(parts)
+
+    def bpf_dump(self) -> str:
+        """What is attached to the node's cgroup and netns, and what is pinned, without ids
+        (they change on every install) or counters."""
+        assert self.cgroup is not None
+        lines = []
+        out = self.node.run(
+            ["bpftool", "-j", "cgroup", "show", str(self.cgroup.path)]
+        ).stdout.strip()
+        for prog in json.loads(out or "[]"):
+            lines.append(f"cgroup {prog.get('attach_type')} {prog.get('name')}")
+        links = json.loads(self.node.run(["bpftool", "-j", "link", "show"]).stdout.strip() or "[]")
+        netns_ino = self.node.run(["stat", "-L", "-c", "%i", "/proc/self/ns/net"]).stdout.strip()
+        for link in links:
+            if str(link.get("netns_ino")) == netns_ino:
+                lines.append(f"netns link {link.get('attach_type')}")
+        ours = self.bpffs / "sofamesh"  # (a fresh bpffs also holds the kernel's *.debug files)
+        if ours.exists():
+            lines.append("pin sofamesh/")
+            lines += [f"pin {path.name}" for path in ours.rglob("*") if path.is_file()]
+        return "\n".join(sorted(lines))
 
 
 def landed(result: dict[str, Any]) -> str:

@@ -260,6 +260,9 @@ def test_status_shows_counters_digest_and_repairs_drift(mesh: Mesh) -> None:
     # Someone deletes our redirect rule by hand: status names the drift, repair restores.
     if mesh.backend == "nftables":
         mesh.node.run(["nft", "flush", "chain", "inet", "sofamesh", "in_redirect"])
+    elif mesh.backend == "ebpf":  # its redirect "rule" is the sidecar socket in a SOCKMAP
+        pin = next(o["pin"] for o in status["bpf"] if o["pin"].endswith("map_inbound_sockets"))
+        mesh.node.run(["bpftool", "map", "delete", "pinned", pin, "key", "0", "0", "0", "0"])
     else:
         mesh.node.run(["iptables-legacy", "-t", "nat", "-F", "SOFAMESH_IN_REDIRECT"])
     drifted = mesh.sofamesh("hijack", "status", "--check", check=False)
