@@ -692,31 +692,29 @@ CATEGORIES = (
     ("console code", ("/console/",)),
 )
 INCLUSIVE = (
-    ("signature check + nonce insert (auth._check_key)", "_check_key (console/auth.py"),
-    ("POST /status handler", "status (console/api_agent.py"),
-    ("POST /metrics handler", "post_metrics (console/api_agent.py"),
-    ("long-poll: node lookup (_node_id)", "_node_id (console/api_agent.py"),
-    ("long-poll: config document (_document)", "_document (console/api_agent.py"),
+    (
+        "fast path: headers, signature (HMAC), body/query validation",
+        "_admissible (console/agentfast.py",
+    ),
+    ("  of which pydantic + json (body validation)", "parse (console/agentfast.py"),
+    ("FastAPI routes (requests handed on, operator API)", "fastapi/routing.py"),
+    ("agent DB jobs (worker thread: SQL, commit)", "_execute (console/agentdb.py"),
+    ("  of which the SQL commit", "do_commit (sqlalchemy/engine/default.py"),
+    ("  of which config documents (built on a version change)", "document (console/agentjobs.py"),
+    (
+        "long-poll wait bookkeeping (subscribe, wake, disconnect watch)",
+        "poll (console/agentfast.py;!_execute",
+    ),
     ("upkeep: sidecar snapshot (every 10 s)", "_snapshot (console/app.py"),
-    ("upkeep: purge (every minute)", "_purge (console/app.py"),
+    ("upkeep: purge (every 10 s)", "_purge (console/app.py"),
     ("log lines (uvicorn access log, console events)", "callHandlers (logging/__init__.py"),
-    ("metrics upserts: building the statements", "record (console/metrics.py;!execute"),
-    ("SQL commit", "do_commit (sqlalchemy/engine/default.py"),
 )
 # Exclusive buckets for the per-request split: the first that matches a stack wins.
 BUCKETS = (
-    ("auth", ("_check_key (console/auth.py",)),
-    (
-        "handler",
-        (
-            "status (console/api_agent.py",
-            "post_metrics (console/api_agent.py",
-            "_node_id (console/api_agent.py",
-            "_document (console/api_agent.py",
-        ),
-    ),
+    ("auth + validation", ("_admissible (console/agentfast.py", "agent (console/auth.py")),
+    ("DB jobs", ("console/agentdb.py",)),
     ("upkeep", ("_snapshot (console/app.py", "_purge (console/app.py")),
-    ("thread hand-offs", ("anyio/", "threading.py", "concurrent/")),
+    ("thread hand-offs", ("anyio/", "threading.py", "concurrent/", "queue.py")),
     ("HTTP + framework", ("",)),
 )
 
@@ -1184,7 +1182,8 @@ def costs_text(outcome: Outcome, args: argparse.Namespace) -> list[str]:
         + (
             "; profiled: the console's Python time (py-spy --gil samples) split into "
             + ", ".join(split)
-            + " (thread hand-offs = anyio/threading leaf frames outside auth and the handler; "
+            + " (DB jobs = the agents' database worker thread; thread hand-offs = queue/threading "
+            "leaf frames outside it; "
             "the others' CPU then includes the sampler)"
             if profiled
             else ""

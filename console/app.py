@@ -24,8 +24,10 @@ from console import (
     api_traffic,
     auth,
     metrics,
+    rendering,
     web,
 )
+from console.agentfast import AgentFastPath
 from console.errors import ConsoleError
 from console.notify import listen
 from console.state import ConsoleState, StateDep
@@ -33,7 +35,9 @@ from console.views import Health
 
 log = logging.getLogger("sofamesh.console")
 UPKEEP_EVERY = 10.0
-PURGE_EVERY = 6  # upkeep rounds
+# Nonces pile up at the agents' request rate: purged every round, each delete stays small
+# (it holds SQLite's write lock while it runs).
+PURGE_EVERY = 1  # upkeep rounds
 
 
 def create_app(state: ConsoleState) -> FastAPI:
@@ -47,7 +51,10 @@ def create_app(state: ConsoleState) -> FastAPI:
         lifespan=_lifespan,
     )
     app.state.console = state
-    for module in (api_session, api_apps, api_params, api_monitor, api_traffic, api_agent, web):
+    app.add_middleware(AgentFastPath)
+    # Routes are matched in order: the agents' few routes, which take nearly every request,
+    # come first.
+    for module in (api_agent, api_session, api_apps, api_params, api_monitor, api_traffic, web):
         app.include_router(module.router)
     app.add_api_route(
         "/api/v1/health", health, methods=["GET"], response_model=Health, tags=["health"]
@@ -72,10 +79,7 @@ def health(state: StateDep) -> Health:
 
 async def _console_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ConsoleError)
-    if exc.loc is None:
-        return JSONResponse({"detail": exc.message}, status_code=exc.status)
-    detail = [{"loc": list(exc.loc), "msg": exc.message, "type": type(exc).__name__}]
-    return JSONResponse({"detail": detail}, status_code=exc.status)
+    return rendering.console_error(exc)
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -93,24 +97,19 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _integrity_error(_request: Request, _exc: Exception) -> JSONResponse:
-    return JSONResponse(
-        {"detail": "a concurrent change conflicted with this one; nothing was written: retry"},
-        status_code=409,
-    )
+    return rendering.integrity_error()
 
 
 async def _data_error(_request: Request, _exc: Exception) -> JSONResponse:
     """A value the validators let through but the database cannot hold (a safety net)."""
-    return JSONResponse(
-        {"detail": "a value cannot be stored (e.g. it contains NUL); nothing was written"},
-        status_code=422,
-    )
+    return rendering.data_error()
 
 
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: ConsoleState = app.state.console
     state.notifier.bind(asyncio.get_running_loop())
+    state.agentdb.start(asyncio.get_running_loop())
     tasks = [asyncio.create_task(_upkeep(state), name="upkeep")]
     if state.engine.dialect.name == "postgresql":
         ready = asyncio.Event()
@@ -124,10 +123,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await run_in_threadpool(state.agentdb.stop)
 
 
 async def _upkeep(state: ConsoleState) -> None:
-    """Sidecar snapshots every 10 s; expired nonces, sessions and old buckets every minute."""
+    """Sidecar snapshots, expired nonces, sessions and old buckets, every 10 s."""
     rounds = 0
     while True:
         try:

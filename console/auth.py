@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy import delete, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, delete, select, text
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from console import security
-from console.errors import ConsoleError, Forbidden, Unauthorized
-from console.models import AccessKey, Instance, Nonce, OperatorSession, Workspace
+from console.errors import ClientGone, ConsoleError, Forbidden, Unauthorized
+from console.keycache import KeyRow
+from console.models import Instance, Nonce, OperatorSession, Workspace
 from console.state import ConsoleState, DbDep, StateDep, unix_now
 
 SESSION_COOKIE = "sofamesh_session"
@@ -89,55 +90,120 @@ ScopeDep = Annotated[Scope, Depends(operator_scope)]
 
 @dataclass(frozen=True)
 class Agent:
+    """A request whose signature checked out against the key's secret. It is admitted
+    only by `admit`, in the transaction of its own database work: the key must still
+    exist there and the nonce must be new."""
+
     key_id: str
     instance_id: int
+    nonce: str
+    # Until when the nonce is remembered (unix seconds).
+    nonce_expires: int
+
+
+_KEY_ROW = text("SELECT secret, instance_id FROM access_keys WHERE key_id = :key_id")
+_KEY_EXISTS = text("SELECT 1 FROM access_keys WHERE key_id = :key_id")
+# Records the nonce, only while the key exists; ON CONFLICT makes a replay a no-op
+# (rowcount 0) instead of an error that would end the batch's transaction. Replicas on
+# PostgreSQL share the table: the second insert of a nonce waits for the first's commit.
+# The casts give PostgreSQL one type for a parameter used twice.
+_ADMIT = text(
+    "INSERT INTO nonces (key_id, nonce, expires_at) "
+    "SELECT CAST(:key_id AS VARCHAR), CAST(:nonce AS VARCHAR), CAST(:expires_at AS BIGINT) "
+    "WHERE EXISTS (SELECT 1 FROM access_keys WHERE key_id = CAST(:key_id AS VARCHAR)) "
+    "ON CONFLICT (key_id, nonce) DO NOTHING"
+)
+
+
+def _load_key(key_id: str) -> Callable[[Connection], KeyRow | None]:
+    def work(connection: Connection) -> KeyRow | None:
+        row = connection.execute(_KEY_ROW, {"key_id": key_id}).first()
+        return None if row is None else KeyRow(row.secret, row.instance_id)
+
+    return work
 
 
 async def agent(request: Request, state: StateDep) -> Agent:
     """Verify the request signature (R-CO-6). Every failure is a 401 with a reason that
-    says nothing about other keys; the secret is never logged."""
+    says nothing about other keys; the secret is never logged. Runs on the event loop: the
+    key comes from the cache (loaded once); the nonce is recorded by `admit`."""
+    # The last of repeated headers counts (as it always has).
     headers = {k.lower(): v for k, v in request.headers.items()}
+    signed = signed_headers(headers)
+    body = await _body(request, headers)
+    raw_path = request.scope.get("raw_path") or request.url.path.encode()
+    message = signed_message(signed, request.method, raw_path, request.url.query, body)
+    key = state.keys.get(signed.key_id)
+    if key is None:
+        key = await state.agentdb.run(_load_key(signed.key_id))
+        if key is not None:
+            state.keys.put(signed.key_id, key)
+    found = verified(key, signed, message)
+    if found is None:
+        log.info("agent request rejected: unknown key or bad signature (key %s)", signed.key_id)
+        raise Unauthorized("unknown key or bad signature")
+    return found
+
+
+def signed_headers(headers: dict[str, str]) -> security.SignedHeaders:
+    """The signature headers (`headers` keyed in lower case), well-formed and fresh."""
     try:
         signed = security.SignedHeaders.parse(headers)
     except ValueError as exc:
         raise Unauthorized(str(exc)) from None
     if not signed.is_fresh():
         raise Unauthorized("stale timestamp")
-    body = await request.body()
-    raw_path = request.scope.get("raw_path") or request.url.path.encode()
-    message = security.string_to_sign(
-        method=request.method,
+    return signed
+
+
+def signed_message(
+    signed: security.SignedHeaders, method: str, raw_path: bytes, raw_query: str, body: bytes
+) -> bytes:
+    return security.string_to_sign(
+        method=method,
         path=raw_path.decode("latin-1"),
-        raw_query=request.url.query,
+        raw_query=raw_query,
         body=body,
         timestamp=str(signed.timestamp),
         nonce=signed.nonce,
     )
-    return await run_in_threadpool(_check_key, state, signed, message)
 
 
-def _check_key(state: ConsoleState, signed: security.SignedHeaders, message: bytes) -> Agent:
-    with state.sessions() as db:
-        key = db.execute(select(AccessKey).where(AccessKey.key_id == signed.key_id)).scalar()
-        expected = security.signature(key.secret if key else "x", message)
-        if key is None or not hmac.compare_digest(expected, signed.signature):
-            log.info("agent request rejected: unknown key or bad signature (key %s)", signed.key_id)
-            raise Unauthorized("unknown key or bad signature")
-        now = unix_now()
-        db.add(
-            Nonce(
-                key_id=key.key_id,
-                nonce=signed.nonce,
-                expires_at=max(now, signed.timestamp) + security.SIGNATURE_WINDOW + 5,
-            )
-        )
-        try:
-            db.commit()
-        except IntegrityError:
-            db.rollback()
-            log.info("agent request rejected: replayed nonce for key %s", key.key_id)
-            raise Unauthorized("replayed nonce") from None
-        return Agent(key.key_id, key.instance_id)
+def verified(key: KeyRow | None, signed: security.SignedHeaders, message: bytes) -> Agent | None:
+    """The agent when the signature is the key's (a missing key costs the same HMAC)."""
+    expected = security.signature(key.secret if key else "x", message)
+    if key is None or not hmac.compare_digest(expected, signed.signature):
+        return None
+    expires = max(unix_now(), signed.timestamp) + security.SIGNATURE_WINDOW + 5
+    return Agent(signed.key_id, key.instance_id, signed.nonce, expires)
+
+
+async def _body(request: Request, headers: dict[str, str]) -> bytes:
+    """The body as sent; a request without one (the long-poll GET) is not read at all, so
+    its `receive` stays free to report the client going away."""
+    if "content-length" not in headers and "transfer-encoding" not in headers:
+        return b""
+    try:
+        return await request.body()
+    except ClientDisconnect:
+        raise ClientGone() from None
+
+
+def admit(connection: Connection, state: ConsoleState, agent: Agent) -> None:
+    """First step of every agent job: record the nonce in the job's transaction. A replay
+    (on this or another replica) or a key deleted since it was cached is refused."""
+    inserted = connection.execute(
+        _ADMIT,
+        {"key_id": agent.key_id, "nonce": agent.nonce, "expires_at": agent.nonce_expires},
+    ).rowcount
+    if inserted == 1:
+        return
+    if connection.execute(_KEY_EXISTS, {"key_id": agent.key_id}).first() is None:
+        state.keys.forget(agent.key_id)
+        log.info("agent request rejected: unknown key or bad signature (key %s)", agent.key_id)
+        raise Unauthorized("unknown key or bad signature")
+    log.info("agent request rejected: replayed nonce for key %s", agent.key_id)
+    raise Unauthorized("replayed nonce")
 
 
 AgentDep = Annotated[Agent, Depends(agent)]

@@ -48,7 +48,10 @@ def make_engine(url: str) -> Engine:
         _prepare_sqlite_file(url)
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     else:
-        kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+        # As many connections as anyio's 40 worker threads can ask for at once, most kept:
+        # a connection opened past `pool_size` is closed on return, and each one is a new
+        # PostgreSQL backend process. The agents' requests use their own (console/agentdb.py).
+        kwargs.update(pool_size=20, max_overflow=20, pool_pre_ping=True)
     engine = create_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)

@@ -36,3 +36,13 @@ class Unauthorized(ConsoleError):
 
 class Forbidden(ConsoleError):
     status = 403
+
+
+class ClientGone(ConsoleError):
+    """The client closed its connection before its request was read: nobody is left to
+    answer (nginx's 499), and it is no error of the console."""
+
+    status = 499
+
+    def __init__(self) -> None:
+        super().__init__("client closed the connection")

@@ -29,6 +29,9 @@ class Notifier:
     def __init__(self) -> None:
         self._waiters: dict[int, set[asyncio.Event]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Wake-ups delivered so far (on the loop): a waiter that learns its node only from
+        # a read compares it before and after, so a change during the read is not lost.
+        self.published = 0
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -62,6 +65,7 @@ class Notifier:
             loop.call_soon_threadsafe(self._wake, ids)
 
     def _wake(self, ids: list[int] | None) -> None:
+        self.published += 1
         targets = list(self._waiters) if ids is None else ids
         for node_id in targets:
             for event in self._waiters.get(node_id, ()):

@@ -13,6 +13,8 @@ from fastapi import Depends, Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from console.agentdb import AgentDB
+from console.keycache import KeyCache
 from console.notify import Notifier, send_notify
 
 # A node that has not been heard from for this long is offline and its sidecar Unknown.
@@ -26,6 +28,17 @@ class ConsoleState:
     notifier: Notifier = field(default_factory=Notifier)
     # Sessions last 12 hours; the UI logs in again after that.
     session_ttl: int = 12 * 3600
+    # The agents' requests: their own connection(s) and group commit (console/agentdb.py).
+    agentdb: AgentDB = field(init=False)
+    # Access keys by id (console/auth.py: KeyCache); node config documents by node id.
+    keys: KeyCache = field(default_factory=KeyCache)
+    documents: dict[int, tuple[int, str | None, bytes]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # PostgreSQL answers each statement over a socket: a second worker overlaps those
+        # round trips. SQLite has one writer anyway.
+        workers = 2 if self.engine.dialect.name == "postgresql" else 1
+        self.agentdb = AgentDB(self.engine, workers)
 
     def commit(self, db: Session, changed_nodes: list[int] | None = None) -> None:
         """Commit; when nodes' config changed, NOTIFY replicas (in the same transaction)
@@ -37,7 +50,8 @@ class ConsoleState:
             self.notifier.publish(changed_nodes)
 
 
-def console_state(request: Request) -> ConsoleState:
+async def console_state(request: Request) -> ConsoleState:
+    # async: FastAPI would run a plain function in the thread pool (a hop per request).
     state: ConsoleState = request.app.state.console
     return state
 

@@ -29,6 +29,7 @@ def signed(
     nonce: str | None = None,
     sign_path: str | None = None,
     timeout: float = 30,
+    content_type: str = "application/json",
 ) -> httpx.Response:
     """Send one signed request; `sign_path` signs a different path than the one sent."""
     raw_query = urlencode(sorted((query or {}).items()))
@@ -52,7 +53,7 @@ def signed(
         "X-Sofamesh-Timestamp": ts,
         "X-Sofamesh-Nonce": nonce,
         "X-Sofamesh-Signature": hmac.new(secret.encode(), message, hashlib.sha256).hexdigest(),
-        "Content-Type": "application/json",
+        "Content-Type": content_type,
     }
     url = f"{base_url}{path}" + (f"?{raw_query}" if raw_query else "")
     return httpx.request(method, url, content=content or None, headers=headers, timeout=timeout)

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from hijack.config import HijackConfig
+from netlab import wait_until
 from tests.console.agent_http import signed
 from tests.console.conftest import World, db_snapshot
 from tests.console.test_api_apps import WEB, fields
@@ -170,6 +171,42 @@ def test_long_poll_times_out_with_304(agent: Agent, operator: httpx.Client) -> N
     assert 0.9 <= time.monotonic() - started < 3
     # An unknown (e.g. newer, from a re-created node) version answers at once.
     assert agent.config(version=version + 1000).status_code == 200
+
+
+def test_long_poll_ends_when_the_client_goes_away(agent: Agent, world: World) -> None:
+    """A poll whose agent closed its connection frees its slot at once, not after `wait`."""
+    version = agent.config().json()["version"]
+    server = world.backend.server
+    before = httpx.get(f"{server.url}/api/v1/health").json()["long_polls"]
+    with pytest.raises(httpx.TimeoutException):
+        # The client gives up long before the console would answer, and closes.
+        agent("GET", "config", query={"app": "web", "ip": "10.0.0.1", "version": version,
+                                      "wait": 60}, timeout=1)  # fmt: skip
+    wait_until(
+        lambda: httpx.get(f"{server.url}/api/v1/health").json()["long_polls"] <= before,
+        deadline=20,
+        what="the abandoned long-poll to end",
+    )
+
+
+def test_both_ways_in_answer_alike(agent: Agent, operator: httpx.Client) -> None:
+    """Well-formed requests are answered by the fast path (console/agentfast.py); one with
+    anything unusual, here a charset in its content type, by the FastAPI route. Both
+    store the same and answer the same."""
+    for content_type in ("application/json", "application/json; charset=utf-8"):
+        version = f"{len(content_type)}.0"
+        answer = agent("POST", "status", body={**STATUS, "version": version},
+                       content_type=content_type)  # fmt: skip
+        assert answer.status_code == 204, answer.text
+        assert operator.get("/api/v1/sidecars").json()[0]["version"] == version
+        register = agent("POST", "register", body={"app": "web", "ip": "10.0.0.1",
+                         "hostname": "vm-1"}, content_type=content_type)  # fmt: skip
+        assert register.status_code == 200
+        assert set(register.json()) == {"node_id", "config_version"}
+        missing = agent("POST", "status", body={**STATUS, "ip": "10.0.0.9"},
+                        content_type=content_type)  # fmt: skip
+        assert missing.status_code == 404
+        assert ["body", "ip"] in fields(missing)
 
 
 def test_config_query_validation(agent: Agent) -> None:

@@ -1,0 +1,290 @@
+"""The database part of each agent request, as one job for console/agentdb.py.
+
+Every job starts with `auth.admit` (the nonce, in the same transaction) and then finds the
+node by (instance, app, ip). The statements are plain SQL that SQLite (3.35+) and
+PostgreSQL both accept, written once: building SQLAlchemy constructs per request (with
+their cache keys) cost more than running them. Refusals are raised before any write of the
+job (the contract of console/agentdb.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, Connection, TextClause, bindparam, column, text
+
+from console import configdoc, values
+from console.agent_schemas import MetricsReport, NodeRef, StatusReport
+from console.auth import Agent, admit
+from console.errors import BadInput, NotFound
+from console.models import RES_COARSE, RES_FINE, UTCDateTime
+from console.state import ConsoleState, now, unix_now
+
+# Metrics may be posted late (R-AG-7: catch up after an outage), but not beyond what is kept.
+METRICS_PAST = 86400
+METRICS_FUTURE = 300
+
+Loc = list[str | int]
+
+
+def _typed(sql: str, *datetimes: str) -> TextClause:
+    """A statement whose datetime parameters are stored as the ORM stores them."""
+    return text(sql).bindparams(*(bindparam(name, type_=UTCDateTime()) for name in datetimes))
+
+
+# The node (of an app of the key's instance) that a request names, matched on the
+# (instance_id, ip) unique index; the ip is canonical (console.values.node_ip).
+_NODE_MATCH = (
+    "instance_id = :instance AND ip = :ip "
+    "AND app_id = (SELECT id FROM apps WHERE instance_id = :instance AND name = :app)"
+)
+_FIND_NODE = text(" ".join(("SELECT id, config_version FROM nodes WHERE", _NODE_MATCH)))
+_APP_EXISTS = text("SELECT 1 FROM apps WHERE instance_id = :instance AND name = :app")
+_REGISTER = _typed(
+    " ".join((
+        "UPDATE nodes SET hostname = :hostname, last_seen = :at,",
+        "registered_at = COALESCE(registered_at, :at) WHERE", _NODE_MATCH,
+        "RETURNING id, config_version",
+    )),
+    "at",
+)  # fmt: skip
+_STATUS = _typed(
+    " ".join((
+        "UPDATE nodes SET hostname = :hostname, sidecar_status = :sidecar_status,",
+        "healthy = :healthy, sidecar_version = :version, sidecar_created_at = :created_at,",
+        "backend = :backend, rule_digest = :rule_digest, ipv6 = :ipv6, status_at = :at,",
+        "last_seen = :at, registered_at = COALESCE(registered_at, :at) WHERE", _NODE_MATCH,
+    )),
+    "at",
+    "created_at",
+)  # fmt: skip
+_SEEN = _typed(
+    " ".join(("UPDATE nodes SET last_seen = :at WHERE", _NODE_MATCH, "RETURNING id")), "at"
+)
+_COUNTERS = (
+    "req_in", "err_in", "rt_in", "req_out", "err_out", "rt_out", "bytes_in", "bytes_out",
+    "samples", "cpu_sum", "mem_sum", "load1_sum", "net_in", "net_out",
+)  # fmt: skip
+# Both dialects spell an upsert alike; one statement, executed for both resolutions.
+_BUCKET = text(
+    " ".join((
+        "INSERT INTO metric_buckets (node_id, res, t,", ", ".join(_COUNTERS), ")",
+        "VALUES (:node_id, :res, :t,", ", ".join(":" + c for c in _COUNTERS), ")",
+        "ON CONFLICT (node_id, res, t) DO UPDATE SET",
+        ", ".join(" ".join((c, "= metric_buckets." + c, "+ excluded." + c)) for c in _COUNTERS),
+    ))
+)  # fmt: skip
+_VERSION = text("SELECT config_version FROM nodes WHERE id = :id")
+_NODE_APP = text(
+    "SELECT n.config_version, n.hijack_enabled, a.id AS app_id, a.ports, a.params "
+    "FROM nodes n JOIN apps a ON a.id = n.app_id WHERE n.id = :id"
+).columns(
+    column("config_version"),
+    column("hijack_enabled", Boolean()),
+    column("app_id"),
+    column("ports", JSON()),
+    column("params", JSON()),
+)
+_LIMITS = text("SELECT port, max_requests FROM governance_limits WHERE app_id = :app_id")
+_SCOPE = text(
+    "SELECT t.name AS tenant, w.name AS workspace, i.instance_id AS instance "
+    "FROM instances i JOIN workspaces w ON w.id = i.workspace_id "
+    "JOIN tenants t ON t.id = w.tenant_id WHERE i.id = :instance"
+)
+
+
+@functools.lru_cache(maxsize=65536)
+def canonical_ip(ip: str) -> str:
+    """console.values.node_ip, remembered: the same few thousand node IPs come back."""
+    return values.node_ip(ip)
+
+
+def _match(agent: Agent, ref_app: str, ref_ip: str, loc: Loc) -> dict[str, Any]:
+    try:
+        ip = canonical_ip(ref_ip)
+    except ValueError as exc:
+        raise BadInput(str(exc), [*loc, "ip"]) from None
+    return {"instance": agent.instance_id, "app": ref_app, "ip": ip}
+
+
+def _missing(connection: Connection, match: dict[str, Any], loc: Loc) -> NotFound:
+    """Which of app and ip is unknown (the same answers as console.api_apps)."""
+    if connection.execute(_APP_EXISTS, match).first() is None:
+        return NotFound(f"no app {match['app']!r} in this instance", [*loc, "app"])
+    return NotFound(f"{match['ip']} is not a node of app {match['app']!r}", [*loc, "ip"])
+
+
+def whoami(state: ConsoleState, agent: Agent) -> Callable[[Connection], dict[str, str]]:
+    def work(connection: Connection) -> dict[str, str]:
+        admit(connection, state, agent)
+        row = connection.execute(_SCOPE, {"instance": agent.instance_id}).one()
+        return {
+            "key_id": agent.key_id,
+            "tenant": row.tenant,
+            "workspace": row.workspace,
+            "instance_id": row.instance,
+        }
+
+    return work
+
+
+def register(
+    state: ConsoleState, agent: Agent, body: NodeRef, hostname: str
+) -> Callable[[Connection], tuple[int, int]]:
+    def work(connection: Connection) -> tuple[int, int]:
+        admit(connection, state, agent)
+        match = _match(agent, body.app, body.ip, ["body"])
+        row = connection.execute(_REGISTER, {**match, "hostname": hostname, "at": now()}).first()
+        if row is None:
+            raise _missing(connection, match, ["body"])
+        return row.id, row.config_version
+
+    return work
+
+
+def status(state: ConsoleState, agent: Agent, body: StatusReport) -> Callable[[Connection], None]:
+    def work(connection: Connection) -> None:
+        admit(connection, state, agent)
+        match = _match(agent, body.app, body.ip, ["body"])
+        params = {
+            **match,
+            "hostname": body.hostname,
+            "sidecar_status": body.sidecar_status,
+            "healthy": body.healthy,
+            "version": body.version,
+            "created_at": body.created_at,
+            "backend": body.backend,
+            "rule_digest": body.rule_digest,
+            "ipv6": body.ipv6,
+            "at": now(),
+        }
+        if connection.execute(_STATUS, params).rowcount != 1:
+            raise _missing(connection, match, ["body"])
+
+    return work
+
+
+def _metrics_problem(body: MetricsReport) -> BadInput | None:
+    age = unix_now() - body.at.timestamp()
+    if age > METRICS_PAST or age < -METRICS_FUTURE:
+        return BadInput("must be within the last day and not in the future", ["body", "at"])
+    for i, row in enumerate(body.ports):
+        if row.errors > row.requests:
+            return BadInput("more errors than requests", ["body", "ports", i, "errors"])
+    return None
+
+
+def metrics(state: ConsoleState, agent: Agent, body: MetricsReport) -> Callable[[Connection], None]:
+    """Counters since the previous post, added to the node's 10 s and 1 min buckets."""
+
+    def work(connection: Connection) -> None:
+        admit(connection, state, agent)
+        match = _match(agent, body.app, body.ip, ["body"])
+        problem = _metrics_problem(body)
+        if problem is not None:
+            # An unknown node is named first, as before the checks of the body.
+            if connection.execute(_FIND_NODE, match).first() is None:
+                raise _missing(connection, match, ["body"])
+            raise problem
+        row = connection.execute(_SEEN, {**match, "at": now()}).first()
+        if row is None:
+            raise _missing(connection, match, ["body"])
+        counters = bucket_counters(body)
+        at = int(body.at.timestamp())
+        connection.execute(
+            _BUCKET,
+            [{"node_id": row.id, "res": res, "t": at - at % res, **counters}
+             for res in (RES_FINE, RES_COARSE)],
+        )  # fmt: skip
+
+    return work
+
+
+def bucket_counters(report: MetricsReport) -> dict[str, Any]:
+    inbound = [p for p in report.ports if p.direction == "inbound"]
+    outbound = [p for p in report.ports if p.direction == "outbound"]
+    return {
+        "req_in": sum(p.requests for p in inbound),
+        "err_in": sum(p.errors for p in inbound),
+        "rt_in": float(sum(p.rt_ms_sum for p in inbound)),
+        "req_out": sum(p.requests for p in outbound),
+        "err_out": sum(p.errors for p in outbound),
+        "rt_out": float(sum(p.rt_ms_sum for p in outbound)),
+        "bytes_in": sum(p.bytes_in for p in report.ports),
+        "bytes_out": sum(p.bytes_out for p in report.ports),
+        "samples": 1,
+        "cpu_sum": float(report.node.cpu_percent),
+        "mem_sum": float(report.node.mem_percent),
+        "load1_sum": float(report.node.load1),
+        "net_in": report.node.net_in_bytes,
+        "net_out": report.node.net_out_bytes,
+    }
+
+
+# --- config long-poll ------------------------------------------------------------------------
+
+
+def poll_start(
+    state: ConsoleState, agent: Agent, ref: tuple[str, str], version: int, console: str | None
+) -> Callable[[Connection], tuple[int, bytes | None]]:
+    """(node id, the document when its version differs from `version`, else None)."""
+
+    def work(connection: Connection) -> tuple[int, bytes | None]:
+        admit(connection, state, agent)
+        match = _match(agent, *ref, ["query"])
+        row = connection.execute(_FIND_NODE, match).first()
+        if row is None:
+            raise _missing(connection, match, ["query"])
+        if row.config_version == version:
+            return row.id, None
+        return row.id, document(connection, state, row.id, console)
+
+    return work
+
+
+def poll_again(
+    state: ConsoleState, node_id: int, version: int, console: str | None
+) -> Callable[[Connection], bytes | None]:
+    """After a wake-up or at the end of the wait: the document if the version moved."""
+
+    def work(connection: Connection) -> bytes | None:
+        current = connection.execute(_VERSION, {"id": node_id}).scalar()
+        if current is None:
+            raise NotFound("this node was removed from its app", ["query", "ip"])
+        if current == version:
+            return None
+        return document(connection, state, node_id, console)
+
+    return work
+
+
+def document(
+    connection: Connection, state: ConsoleState, node_id: int, console: str | None
+) -> bytes:
+    """The node's config as JSON (console.views.NodeConfig), kept per node until its
+    version moves. Every change of what the document holds bumps the version (console/
+    configdoc.py), so (node, version, console address) names one document. The version is
+    read before the rest: read in that order, a change committed in between can only give
+    newer content under an older version, which the agent then fetches again."""
+    row = connection.execute(_NODE_APP, {"id": node_id}).first()
+    if row is None:
+        raise NotFound("this node was removed from its app", ["query", "ip"])
+    cached = state.documents.get(node_id)
+    if cached is not None and cached[0] == row.config_version and cached[1] == console:
+        return cached[2]
+    stored = {r.port: r.max_requests for r in connection.execute(_LIMITS, {"app_id": row.app_id})}
+    params = {key: list((row.params or {}).get(key, [])) for key in configdoc.EMPTY_PARAMS}
+    body = json.dumps(
+        {
+            "version": row.config_version,
+            "hijack_enabled": bool(row.hijack_enabled),
+            "hijack": configdoc.hijack_document(params, console),
+            "sidecar": {"limits": {str(port): stored.get(port, 0) for port in sorted(row.ports)}},
+        },
+        separators=(",", ":"),
+    ).encode()
+    state.documents[node_id] = (row.config_version, console, body)
+    return body
