@@ -12,6 +12,7 @@ switch or `sofamesh uninstall`, never a stopped agent.
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import logging.handlers
 import os
@@ -68,6 +69,10 @@ def setup_logging(paths: Paths, verbose: bool) -> None:
         root.setLevel(logging.INFO if root.level == logging.DEBUG else logging.DEBUG)
 
     signal.signal(signal.SIGUSR1, toggle)
+    # SIGQUIT writes every thread's stack to the log: what an operator needs when the
+    # agent seems stuck.
+    if handler.stream is not None:
+        faulthandler.register(signal.SIGQUIT, file=handler.stream, all_threads=True)
 
 
 def node_ip(host: str, port: int) -> str:

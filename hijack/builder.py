@@ -175,14 +175,20 @@ def build_plan(resolved: ResolvedConfig) -> Plan:
     hooks = (
         HookRule(
             "prerouting",
-            Rule("hook-inbound", "inbound TCP to our chain", Match(), Jump("inbound"), both),
+            Rule(
+                "hook-inbound",
+                "new inbound TCP connections to our chain",
+                Match(syn_only=True),
+                Jump("inbound"),
+                both,
+            ),
         ),
         HookRule(
             "output",
             Rule(
                 "hook-outbound",
-                "locally generated TCP to our chain",
-                Match(),
+                "new locally opened TCP connections to our chain",
+                Match(syn_only=True),
                 Jump("outbound"),
                 both,
             ),

@@ -64,9 +64,16 @@ class Match:
     dports: tuple[PortRange, ...] = ()
     dst_set: str | None = None
     dport_set: str | None = None
+    # Only a connection's first packet (SYN without ACK/RST/FIN). Where conntrack was not
+    # running before our rules, the kernel picks up connections that were already open
+    # mid-stream as "new"; without this, their next packet would be redirected to the
+    # sidecar, which knows nothing of them, and they would be reset.
+    syn_only: bool = False
 
     def describe(self) -> str:
         parts = []
+        if self.syn_only:
+            parts.append("syn")
         if self.out_lo:
             parts.append("out lo")
         if self.src is not None:

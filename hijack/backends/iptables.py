@@ -64,6 +64,8 @@ def to_ipt(rule: Rule, chain: str) -> IptRule:
         matches.append(("owner", (("uid-owner", f"{'!' if m.uid_negate else ''}{m.uid}"),)))
     if m.dst_not_local:
         matches.append(("addrtype", (("dst-type", "!LOCAL"),)))
+    if m.syn_only:
+        matches.append(("tcp", (("tcp-flags", ("FIN,SYN,RST,ACK", "SYN")),)))
     if len(m.dports) == 1:
         matches.append(("tcp", (("dport", str(m.dports[0]).replace("-", ":")),)))
     elif m.dports:

@@ -211,8 +211,10 @@ def _render_match(match: Match, family: int | None) -> list[str]:
             addr_family = "ip" if net.version == 4 else "ip6"
     if family is not None and addr_family is None and match.dst_set is None:
         parts.append(f"meta nfproto ipv{family}")
-    if not match.dports and match.dport_set is None:
+    if not match.dports and match.dport_set is None and not match.syn_only:
         parts.append("meta l4proto tcp")
+    if match.syn_only:
+        parts.append("tcp flags & (fin | syn | rst | ack) == syn")
     if match.out_lo:
         parts.append('oifname "lo"')
     if match.src is not None:

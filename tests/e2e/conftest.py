@@ -8,10 +8,12 @@ never through a route from the machine's own namespace.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -25,13 +27,15 @@ from typing import Any
 import pytest
 
 from netlab import VM, Lab, wait_until
+from netlab.errors import LabTimeout
 from tests.e2e.nsclient import NetnsClient
 
 REPO = Path(__file__).resolve().parents[2]
 APPS = str(REPO / "tests/netns/sidecar_apps.py")
+LOADGEN = str(REPO / "tests/e2e/loadgen.py")
 CONSOLE_PORT = 8000
 APP_PORT = 8080
-PASSWORD = "e2e-operator-password"
+PASSWORD = "e2e-operator-password"  # noqa: S105  (a throw-away test console)
 SKELETON = ("etc", "run", "var/lib", "var/log", "tmp")
 
 pytestmark = pytest.mark.e2e
@@ -109,7 +113,34 @@ class Node:
             doc = self.status()
             return doc if doc and check(doc) else None
 
-        return wait_until(ok, deadline=deadline, interval=0.1, what=f"{self.vm.name}: {what}")
+        try:
+            return wait_until(ok, deadline=deadline, interval=0.1, what=f"{self.vm.name}: {what}")
+        except LabTimeout:
+            self.dump_stacks()
+            raise AssertionError(
+                f"{self.vm.name}: {what}: not within {deadline}s\nstatus: "
+                f"{json.dumps(self.status(), indent=1)}\nagent log:\n{self.log_tail()}"
+                f"\nkeeper log:\n{self.log_tail(name='keeper.log')}"
+                f"\nsockets:\n{self.vm.run(['ss', '-tnp'], check=False).stdout}"
+                f"\nconsole VM sockets:\n"
+                f"{self.mesh.console_vm.run(['ss', '-tn'], check=False).stdout}"
+                "\nconsole log:\n" + "\n".join(self.mesh.console_log().splitlines()[-25:])
+            ) from None
+
+    def dump_stacks(self) -> None:
+        """SIGQUIT: the agent writes its threads' stacks to its log (for the failure text)."""
+        pid = self.status().get("agent_pid")
+        if isinstance(pid, int):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGQUIT)
+                time.sleep(0.3)  # the handler writes synchronously; give it a moment
+
+    def log_tail(self, lines: int = 30, name: str = "agent.log") -> str:
+        path = self.root / "var/log/sofamesh" / name
+        try:
+            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no agent log)"
 
     def sidecar_stats(self) -> dict[str, Any]:
         out = self.vm.run(["curl", "-sS", "--max-time", "5", "http://127.0.0.1:15000/stats"])
@@ -119,7 +150,7 @@ class Node:
     def requests_seen(self, direction: str, port: int = APP_PORT) -> int:
         try:
             stats = self.sidecar_stats()
-        except Exception:  # noqa: BLE001  (no sidecar: nothing seen)
+        except Exception:
             return 0
         return sum(
             int(p["requests_total"])
@@ -274,9 +305,7 @@ class Mesh:
     def sidecar_row(self, node: Node) -> dict[str, Any]:
         answer = self.api.get("/api/v1/sidecars")
         assert answer.status_code == 200, answer.text
-        found: dict[str, Any] = next(
-            row for row in answer.json() if row["node_ip"] == node.vm.ipv4
-        )
+        found: dict[str, Any] = next(row for row in answer.json() if row["node_ip"] == node.vm.ipv4)
         return found
 
     def console_requests(self) -> int:
@@ -287,9 +316,7 @@ class Mesh:
     def console_node(self, node: Node) -> dict[str, Any]:
         answer = self.api.get(f"/api/v1/apps/{self.app}")
         assert answer.status_code == 200, answer.text
-        found: dict[str, Any] = next(
-            n for n in answer.json()["nodes"] if n["ip"] == node.vm.ipv4
-        )
+        found: dict[str, Any] = next(n for n in answer.json()["nodes"] if n["ip"] == node.vm.ipv4)
         return found
 
 
@@ -360,6 +387,55 @@ def fresh(mesh: Mesh) -> Iterator[Mesh]:
         if node.installed:
             done = node.uninstall(check=False)
             assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.fixture
+def installed(fresh: Mesh) -> Mesh:
+    """Both nodes installed, switched on, converged."""
+    for node in fresh.nodes.values():
+        node.install()
+    return fresh
+
+
+@dataclass
+class LoadResult:
+    ok: int = 0
+    failed: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+@contextmanager
+def load(vm: VM, host: str, path: str = "/fast", concurrency: int = 2) -> Iterator[LoadResult]:
+    """Steady requests from vm to host:APP_PORT while the block runs; the counts after."""
+    work = Path(tempfile.mkdtemp(prefix="load-"))
+    stop, out = work / "stop", work / "out.json"
+    proc = vm.spawn(
+        [
+            sys.executable,
+            "-P",
+            LOADGEN,
+            host,
+            str(APP_PORT),
+            path,
+            "--stop",
+            str(stop),
+            "--out",
+            str(out),
+            "--concurrency",
+            str(concurrency),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    result = LoadResult()
+    try:
+        yield result
+    finally:
+        stop.touch()
+        proc.wait(timeout=30)
+        doc = json.loads(out.read_text())
+        result.ok, result.failed, result.counts = doc["ok"], doc["failed"], doc["counts"]
+        shutil.rmtree(work, ignore_errors=True)
 
 
 @contextmanager

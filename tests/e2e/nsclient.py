@@ -35,9 +35,7 @@ class InNetns:
     """Run callables on a thread that sits in the given network namespace."""
 
     def __init__(self, netns_path: str) -> None:
-        self._pool = ThreadPoolExecutor(
-            max_workers=1, initializer=_enter, initargs=(netns_path,)
-        )
+        self._pool = ThreadPoolExecutor(max_workers=1, initializer=_enter, initargs=(netns_path,))
 
     def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return self._pool.submit(fn, *args, **kwargs).result()
