@@ -96,7 +96,7 @@ class Daemon:
         self.wake = threading.Event()
         self.report_now = threading.Event()
         runner = SubprocessRunner()
-        self.backend = choose(loaded.backend, runner).backend
+        self.backend = choose(loaded.effective_backend, runner).backend
         self.client = ConsoleClient(
             loaded.console, Credentials(loaded.access_key, settings.read_secret(paths))
         )

@@ -77,42 +77,59 @@ class Steps:
 def install(paths: Paths, wanted: NodeSettings, secret: str, say: Say, verbose: bool) -> Outcome:
     wanted.validate()
     steps = Steps(say, verbose)
-    with procs.locked(paths.install_lock, "install", LOCK_WAIT):
-        existing = settings.load(paths)
-        if existing is not None:
-            return _already_installed(paths, existing, wanted, secret, steps)
-        steps.step(f"checking the access key with the console at {wanted.console}")
-        ip, config_version = _check_console(wanted, secret, steps)
-        steps.step("checking the interception backend")
-        choice = choose(wanted.backend, SubprocessRunner())  # BackendUnavailable: exit 5
-        steps.detail(f"backend {choice.backend.name}: {choice.reason}")
-        record: dict[str, Any] = {"created_user": False, "created_dirs": [], "service": None}
-        try:
-            _install_changes(
-                paths,
-                wanted=wanted,
-                secret=secret,
-                backend=choice.backend.name,
-                record=record,
-                steps=steps,
-            )
-        except BaseException as exc:
-            reason = str(exc) or type(exc).__name__
-            say(f"install failed: {reason}; rolling back")
-            _teardown(paths, record, steps, keep_logs=True)
-            if isinstance(exc, KeyboardInterrupt):
-                raise
-            raise InstallFailed(
-                f"{reason}. Everything install changed was undone (the logs are kept in "
-                f"{paths.log_dir}); fix the cause and run install again"
-            ) from None
-        state = read_json(paths.agent_status) or {}
-        on = "on" if state.get("enabled") else "off (switched off in the console)"
-        return Outcome(
-            True,
-            f"installed: app {wanted.app}, node {ip}, backend {choice.backend.name}, "
-            f"config version {config_version}, interception {on}",
+    run_dir_existed = paths.run_dir.exists()
+    try:
+        with procs.locked(paths.install_lock, "install", LOCK_WAIT):
+            existing = settings.load(paths)
+            if existing is not None:
+                return _already_installed(paths, existing, wanted, secret, steps)
+            return _fresh_install(paths, wanted, secret, steps)
+    finally:
+        if not paths.settings.exists():  # nothing installed: not even the lock file stays
+            paths.install_lock.unlink(missing_ok=True)
+            if not run_dir_existed:
+                with contextlib.suppress(OSError):
+                    paths.run_dir.rmdir()
+
+
+def _fresh_install(paths: Paths, wanted: NodeSettings, secret: str, steps: Steps) -> Outcome:
+    say = steps.say
+    steps.step(f"checking the access key with the console at {wanted.console}")
+    ip, config_version = _check_console(wanted, secret, steps)
+    steps.step("checking the interception backend")
+    choice = choose(wanted.backend, SubprocessRunner())  # BackendUnavailable: exit 5
+    steps.detail(f"backend {choice.backend.name}: {choice.reason}")
+    record: dict[str, Any] = {
+        "created_user": False,
+        "created_dirs": [],
+        "service": None,
+        "backend": choice.backend.name,
+    }
+    try:
+        _install_changes(
+            paths,
+            wanted=wanted,
+            secret=secret,
+            record=record,
+            steps=steps,
         )
+    except BaseException as exc:
+        reason = str(exc) or type(exc).__name__
+        say(f"install failed: {reason}; rolling back")
+        _teardown(paths, record, steps, keep_logs=True)
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise InstallFailed(
+            f"{reason}. Everything install changed was undone (the logs are kept in "
+            f"{paths.log_dir}); fix the cause and run install again"
+        ) from None
+    state = read_json(paths.agent_status) or {}
+    on = "on" if state.get("enabled") else "off (switched off in the console)"
+    return Outcome(
+        True,
+        f"installed: app {wanted.app}, node {ip}, backend {choice.backend.name}, "
+        f"config version {config_version}, interception {on}",
+    )
 
 
 def _already_installed(
@@ -204,7 +221,6 @@ def _install_changes(
     *,
     wanted: NodeSettings,
     secret: str,
-    backend: str,
     record: dict[str, Any],
     steps: Steps,
 ) -> None:
@@ -215,7 +231,9 @@ def _install_changes(
     record["created_user"] = _ensure_user(wanted.proxy_user, steps)
     write_json_atomic(paths.install_record, record)
     steps.step("saving the settings and the secret key (0600)")
-    saved = replace(wanted, backend=backend)
+    # The backend as asked (so a re-run with the same options matches) plus the one chosen
+    # (so the agent never switches variants after a restart).
+    saved = replace(wanted, extra={**wanted.extra, "resolved_backend": record["backend"]})
     settings.save(paths, saved, secret)
     steps.step(
         "starting the agent, which starts the sidecar, waits until it is healthy "
@@ -361,7 +379,7 @@ def _teardown(
 
 def _switch_off(paths: Paths, steps: Steps) -> None:
     saved = settings.load(paths) if paths.settings.exists() else None
-    backend = saved.backend if saved else "auto"
+    backend = saved.effective_backend if saved else "auto"
     try:
         runtime = (
             NodeRuntime(paths, choose(backend, SubprocessRunner()).backend, saved.proxy_user)

@@ -80,6 +80,11 @@ class NodeSettings:
         return mine == theirs
 
     @property
+    def effective_backend(self) -> str:
+        """The backend install chose (auto resolved once, so it never changes later)."""
+        return str(self.extra.get("resolved_backend") or self.backend)
+
+    @property
     def console_host(self) -> str:
         return urlsplit(self.console).hostname or ""
 

@@ -3,17 +3,34 @@ switches, parameters and limits reaching the node, supervision, outages, uninsta
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from agent.exit_codes import ExitStatus
 from netlab import VM
-from tests.e2e.conftest import APP_PORT, APPS, Mesh, Node, elapsed, get, load, wait_for
+from tests.e2e.artifacts import build_artifacts
+from tests.e2e.conftest import (
+    APP_PORT,
+    APPS,
+    REPO,
+    Mesh,
+    Node,
+    elapsed,
+    get,
+    load,
+    tree,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -246,3 +263,133 @@ def test_console_outage_node_keeps_state_and_catches_up(installed: Mesh) -> None
         lambda d: d["console"]["reachable"] and d["enabled"] is False and d["converged"],
         deadline=40,
     )
+
+
+def snapshot(node: Node) -> dict[str, Any]:
+    """What uninstall must give back: rules (both netfilter variants), the VM's processes,
+    users and groups, and every file under the node's root."""
+    vm = node.vm
+
+    def run(*argv: str) -> str:
+        out = vm.run(list(argv), check=False).stdout
+        # iptables-save stamps the time and counts packets: neither is state we left.
+        lines = [re.sub(r"\[\d+:\d+\]", "[-]", ln) for ln in out.splitlines()]
+        return "\n".join(ln for ln in lines if not ln.startswith("#"))
+
+    procs = sorted(
+        Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ").strip()
+        for pid in run("ip", "netns", "pids", vm.netns).split()
+        if Path(f"/proc/{pid}/cmdline").exists()
+    )
+    return {
+        "nft": run("nft", "list", "ruleset"),
+        "iptables-legacy": run("iptables-legacy-save", "-t", "nat"),
+        "ip6tables-legacy": run("ip6tables-legacy-save", "-t", "nat"),
+        "processes": procs,
+        "users": Path("/etc/passwd").read_text() + Path("/etc/group").read_text(),
+        "files": tree(node.root),
+    }
+
+
+def test_script_install_is_idempotent_and_uninstall_leaves_nothing(fresh: Mesh) -> None:
+    server, client = fresh.nodes["server"], fresh.nodes["client"]
+    package = build_artifacts(fresh.base / "artifacts", fresh.agent_url)
+    before = snapshot(server)
+    seed = [
+        "-t", fresh.tenant, "-w", fresh.workspace, "-i", fresh.instance, "-n", fresh.app,
+        "-a", fresh.key_id, "-s", fresh.secret, "-f", str(package),
+        "--proxy-user", server.proxy_user, "--backend", fresh.backend,
+    ]  # fmt: skip
+    done = server.script("install", *seed)
+    assert "installed: app web" in done.stdout, done.stdout + done.stderr
+    again = server.script("install", *seed)
+    assert "already installed with these parameters: nothing to do" in again.stdout
+    client.install()
+    assert get(client.vm, server.vm.ipv4).get("statuses") == [200]
+    assert server.requests_seen("inbound") >= 1
+    status = json.loads(server.script("status", "--json").stdout)
+    assert status["node"]["converged"] is True
+    server.script("uninstall")
+    client.uninstall()  # users are machine-wide: compare with neither node installed
+    assert snapshot(server) == before
+    assert get(client.vm, server.vm.ipv4).get("statuses") == [200]
+
+
+@pytest.mark.parametrize(
+    ("override", "env", "code", "says"),
+    [
+        ({}, {"SOFAMESH_SECRETKEY": "wrong-secret"}, ExitStatus.CONSOLE, "--secretkey"),
+        ({"-t": "no-such-tenant"}, {}, ExitStatus.NOT_REGISTERED, "--tenant"),
+        ({"-n": "no-such-app"}, {}, ExitStatus.NOT_REGISTERED, "--appname"),
+        ({"-n": "bad_name!"}, {}, ExitStatus.BAD_INPUT, "--appname"),
+        ({"--console": "http://198.51.100.250:8000"}, {}, ExitStatus.CONSOLE, "--console"),
+        # No nft on PATH: the nftables backend cannot run here.
+        ({"--backend": "nftables"}, {"PATH": "/usr/bin:/bin"}, ExitStatus.BACKEND_UNSUPPORTED,
+         "nftables"),
+    ],
+)  # fmt: skip
+def test_install_errors_name_the_cause_and_install_nothing(
+    fresh: Mesh, override: dict[str, str], env: dict[str, str], code: int, says: str
+) -> None:
+    server = fresh.nodes["server"]
+    before = snapshot(server)
+    secret = {"SOFAMESH_SECRETKEY": fresh.secret}
+    done = server.sofamesh(*server.install_args(**override), env={**secret, **env}, check=False)
+    errors = [line for line in done.stderr.splitlines() if "error" in line]
+    assert done.returncode == code, done.stdout + done.stderr
+    assert len(errors) == 1 and says in errors[0], done.stderr
+    assert fresh.secret not in done.stdout + done.stderr
+    assert snapshot(server) == before
+
+
+def test_install_needs_root(fresh: Mesh) -> None:
+    server = fresh.nodes["server"]
+    before = snapshot(server)
+    done = server.vm.run(
+        [sys.executable, "-m", "agent", "--root", str(server.root),
+         *server.install_args()],
+        env={"PYTHONPATH": str(REPO), "SOFAMESH_SECRETKEY": fresh.secret},
+        user=65534,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == ExitStatus.NOT_ROOT, done.stdout + done.stderr
+    assert "needs root" in done.stderr
+    assert snapshot(server) == before
+
+
+def test_two_installs_at_once_one_waits(fresh: Mesh) -> None:
+    server = fresh.nodes["server"]
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO),
+           "SOFAMESH_SECRETKEY": fresh.secret}  # fmt: skip
+    argv = [sys.executable, "-m", "agent", "--root", str(server.root), *server.install_args()]
+    first, second = (
+        server.vm.spawn(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(2)
+    )
+    outputs = [proc.communicate(timeout=120) for proc in (first, second)]
+    codes = sorted(proc.returncode for proc in (first, second))
+    texts = sorted(out for out, _ in outputs)
+    assert codes == [0, 0], outputs
+    assert any("installed: app web" in t for t in texts), outputs
+    assert any("already installed with these parameters" in t for t in texts), outputs
+    assert server.wait_status("one converged node", lambda d: d["converged"], 10)
+
+
+def test_secret_is_in_no_log_no_readable_file_no_process_arguments(installed: Mesh) -> None:
+    server = installed.nodes["server"]
+    secret = installed.secret.encode()
+    verbose = server.sofamesh("-v", "status")
+    assert installed.secret not in verbose.stdout + verbose.stderr
+    for path in server.root.rglob("*"):
+        if path.is_file() and not path.is_symlink() and secret in path.read_bytes():
+            mode = path.stat().st_mode
+            assert path.name == "secret", path
+            assert mode & 0o077 == 0 and path.stat().st_uid == 0, (path, oct(mode))
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            assert secret not in cmdline.read_bytes(), cmdline
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        with contextlib.suppress(OSError):
+            if b"sofamesh" in Path(environ.parent / "cmdline").read_bytes():
+                assert secret not in environ.read_bytes(), environ
+    assert secret.decode() not in installed.console_log()
