@@ -96,7 +96,10 @@ class EbpfBackend(Backend):
         return self.options.bpffs / "sofamesh" / str(_netns_inode())
 
     def installed(self) -> bool:
-        return (self.pin_dir / "map_settings").exists()
+        try:
+            return (self.pin_dir / "map_settings").exists()
+        except PermissionError:  # not root: bpffs is closed to us, and so is using it
+            return False
 
     def cgroup(self) -> Path:
         if self.options.cgroup is not None:
