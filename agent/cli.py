@@ -9,8 +9,9 @@ from pathlib import Path
 
 import click
 
-from agent.cliutil import require_root
+from agent.cliutil import fail, require_root
 from agent.console_cli import console_group
+from agent.exit_codes import ExitStatus
 from agent.hijack_cli import hijack_group, rules_command
 from agent.node_cli import COMMANDS as NODE_COMMANDS
 from agent.sidecar_cli import sidecar_group
@@ -56,16 +57,19 @@ def version_command() -> None:
 @main.command("demo")
 @click.option(
     "--backend",
-    type=click.Choice(["auto", "iptables", "nftables"]),
+    type=click.Choice(["auto", "iptables", "nftables", "ebpf"]),
     default="auto",
     show_default=True,
 )
 def demo_command(backend: str) -> None:
     """Run the whole flow in network-namespace VMs (needs root; touches nothing else)."""
-    from agent.demo import run_demo  # noqa: PLC0415  (netlab is only needed here)
+    from agent.demo import DemoError, run_demo  # noqa: PLC0415  (netlab only needed here)
 
     require_root("the demo")
-    run_demo(backend, click.echo)
+    try:
+        run_demo(backend, click.echo)
+    except DemoError as exc:
+        fail(ExitStatus.ERROR, f"demo: {exc}")
     click.echo("demo finished: exit 0")
 
 

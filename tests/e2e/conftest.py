@@ -28,7 +28,7 @@ import pytest
 
 from netlab import VM, Lab, wait_until
 from netlab.errors import LabTimeout
-from tests.e2e.nsclient import NetnsClient
+from netlab.nsclient import NetnsClient
 
 REPO = Path(__file__).resolve().parents[2]
 APPS = str(REPO / "tests/netns/sidecar_apps.py")
@@ -93,12 +93,28 @@ class Node:
         env = {"SOFAMESH_SECRETKEY": self.mesh.secret}
         return self.sofamesh(*self.install_args(), *extra, env=env, check=check)
 
+    def script(
+        self, *args: str, check: bool = True, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
+        """scripts/sofamesh.sh as an operator runs it on a VM (the seed's options)."""
+        env = {"PATH": os.environ["PATH"], "SOFAMESH_ROOT": str(self.root)}
+        return self.vm.run(
+            ["bash", str(REPO / "scripts/sofamesh.sh"), *args],
+            env=env,
+            check=check,
+            timeout=timeout,
+        )
+
     def uninstall(self, check: bool = True) -> subprocess.CompletedProcess[str]:
+        if (self.root / "opt/sofamesh").exists():
+            return self.script("uninstall", check=check)
         return self.sofamesh("uninstall", check=check)
 
     @property
     def installed(self) -> bool:
-        return (self.root / "etc/sofamesh/agent.json").exists()
+        return (self.root / "etc/sofamesh/agent.json").exists() or (
+            self.root / "opt/sofamesh"
+        ).exists()
 
     def status(self) -> dict[str, Any]:
         path = self.root / "var/lib/sofamesh/agent-status.json"

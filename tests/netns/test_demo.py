@@ -1,8 +1,11 @@
-"""The README's demo runs, shows traffic through the sidecar and its counters, and leaves
-no namespace behind."""
+"""The README's demo runs the whole flow (console, two installs, traffic through both
+sidecars into the console's metrics, switch off and on, uninstall), exits 0, and leaves
+no namespace, proxy user or temporary directory behind."""
 
 from __future__ import annotations
 
+import glob
+import pwd
 import subprocess
 import sys
 
@@ -11,25 +14,33 @@ import pytest
 pytestmark = pytest.mark.netns
 
 
-@pytest.mark.parametrize("backend", ["iptables", "nftables"])
-def test_demo_shows_interception_and_cleans_up(backend: str) -> None:
+def test_demo_runs_the_whole_flow_and_cleans_up() -> None:
+    before = set(glob.glob("/tmp/sofamesh-demo-*"))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", "demo", "--backend", backend],
+        [sys.executable, "-m", "agent", "demo"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    out, err = proc.communicate(timeout=180)
-    assert proc.returncode == 0, err
-    assert f"applied: backend {backend}" in out
-    through = out.split("4. inbound")[1].split("blacklisted port 9090")[0]
-    assert through.count("-> 200 27 bytes") == 3
-    assert "-> 404" in through
-    counted = out.split("6. what the sidecar counted")[1].split("\n7. ")[0]
-    assert "inbound port 8080  connections 4 requests 4 2xx 3 4xx 1" in counted
-    assert "outbound port 8080  connections 1" in counted
-    assert "removed from" in out
-    assert "sidecar drained and exited with status 0" in out
-    assert "the app saw requests from: ::ffff:127.0.0.6, ::ffff:198.51.100.3" in out
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out + err
+    assert out.count(": installed: app web") == 2, out
+    traffic = out.split("5. client -> server")[1].split("6. ")[0]
+    assert traffic.count(": 200") == 5, traffic
+    assert "client sidecar counted 5 outbound, server sidecar 5 inbound requests" in traffic
+    assert "console: app web served 5 requests" in traffic
+    assert traffic.count(" Running healthy=True") == 2, traffic
+    off = out.split("6. operator switches the server off")[1].split("7. ")[0]
+    assert "rules removed" in off and "200 (straight to the app now)" in off
+    back = out.split("7. and back on")[1].split("8. ")[0]
+    assert "200; the server's new sidecar counted 1" in back, back
+    assert out.count("uninstalled: rules, sidecar, agent, user and files removed") == 2
+    assert "server ruleset after uninstall: (empty)" in out
+    assert "::ffff:127.0.0.6" in out  # the app was reached through its sidecar
+    assert "demo finished: exit 0" in out
     left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
     assert f"smlab-{proc.pid}-" not in left.stdout
+    assert set(glob.glob("/tmp/sofamesh-demo-*")) == before
+    for name in ("sofamesh-demo-server", "sofamesh-demo-client"):
+        with pytest.raises(KeyError):
+            pwd.getpwnam(name)

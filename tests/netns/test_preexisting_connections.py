@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from netlab import Lab
-from tests.e2e.nsclient import InNetns
+from netlab.nsclient import InNetns
 
 APPS = str(Path(__file__).with_name("sidecar_apps.py"))
 ECHO_PORT = 9000
