@@ -6,6 +6,9 @@ the same SO_ORIGINAL_DST call it uses with iptables (a cgroup/getsockopt program
 it), and the app's getpeername() shows the real peer. Inbound, an sk_lookup program on the
 node's network namespace hands intercepted connections to the sidecar's inbound socket
 (taken from a SOCKMAP); when that socket is gone, connections reach the app (fail open).
+apply puts the sidecar's listening sockets into that map, and a sock_ops program puts any
+socket that later listens on the inbound port there too, so a restarted sidecar takes over
+again without the agent.
 
 Every operator value lives in maps: a config change writes the idle half of the port and
 CIDR maps and flips one generation number, so it is atomic and reloads nothing. Programs,

@@ -149,11 +149,14 @@ def test_with_the_sidecar_gone_inbound_reaches_the_app_and_outbound_goes_direct(
     hits = {r["comment"].split(":")[1]: r["packets"] for r in status["rules"]}
     assert hits["in-fail-open"] >= 1 and hits["out-fail-open"] >= 1
     assert any("in-redirect" in line for line in status["drift"])  # said, not hidden
-    # The sidecar is back: a repair registers its new socket.
+    # The sidecar is back: its sockets register themselves as they listen (sock_ops), so
+    # interception resumes without the agent.
     ebpf.listen(ebpf.node, INBOUND, "inbound")
     ebpf.listen(ebpf.node, OUTBOUND, "outbound")
-    assert "repaired drift" in ebpf.sofamesh("hijack", "repair").stdout
     assert landed(ebpf.peer.probe_connect(ebpf.node.ipv4, 8080)) == "inbound"
+    assert landed(ebpf.node.probe_connect(ebpf.peer.ipv4, 8080)) == "outbound"
+    assert ebpf.status()["in_sync"] is True
+    assert "no drift" in ebpf.sofamesh("hijack", "repair").stdout
 
 
 GETPEERNAME = """

@@ -117,6 +117,7 @@ struct inbound_sockets_table_t {
     u32 key;
     u64 leaf;  // 8 bytes: user space reads back the socket's cookie (4 bytes cannot)
     u64 *(*lookup)(u32 *);
+    int (*sock_map_update)(void *, void *, u64);
     u32 max_entries;
 };
 __attribute__((section("maps/sockmap"))) struct inbound_sockets_table_t inbound_sockets = {
@@ -300,7 +301,22 @@ int connect6(struct bpf_sock_addr *ctx) {
     return 1;
 }
 
+// A sidecar that (re)starts and listens on the inbound port takes over inbound steering at
+// once: its socket goes into the map the moment it listens, with no agent involved.
+static __always_inline void register_listener(struct bpf_sock_ops *skops) {
+    u32 zero = 0;
+    struct settings *s = settings.lookup(&zero);
+    if (!s || CTX_READ(skops->local_port) != s->in_port)
+        return;
+    u32 slot = CTX_READ(skops->family) == AF_INET_ ? 0 : 1;
+    inbound_sockets.sock_map_update(skops, &slot, BPF_ANY);
+}
+
 int sockops(struct bpf_sock_ops *skops) {
+    if (skops->op == BPF_SOCK_OPS_TCP_LISTEN_CB) {
+        register_listener(skops);
+        return 1;
+    }
     if (skops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
         return 1;
     struct endpoint src = {};
