@@ -392,12 +392,21 @@ def mesh() -> Iterator[Mesh]:
             m.stop_console()
 
 
-@pytest.fixture
-def fresh(mesh: Mesh) -> Iterator[Mesh]:
-    """Each test starts with nothing installed and both switches on, and leaves it so."""
+def reset_console(mesh: Mesh) -> None:
+    """Both switches on, no blacklists, no limits."""
     for node in mesh.nodes.values():
         mesh.switch(node, True)
     mesh.set_params()
+    mesh.set_limit(APP_PORT, 0)
+
+
+@pytest.fixture
+def fresh(mesh: Mesh) -> Iterator[Mesh]:
+    """Nothing installed before the test, nothing after; both switches on."""
+    for node in mesh.nodes.values():
+        if node.installed:
+            node.uninstall()
+    reset_console(mesh)
     yield mesh
     for node in mesh.nodes.values():
         if node.installed:
@@ -406,11 +415,31 @@ def fresh(mesh: Mesh) -> Iterator[Mesh]:
 
 
 @pytest.fixture
-def installed(fresh: Mesh) -> Mesh:
-    """Both nodes installed, switched on, converged."""
-    for node in fresh.nodes.values():
+def installed(mesh: Mesh) -> Mesh:
+    """Both nodes installed, switched on and converged. Installs are kept from one test to
+    the next (installing is the slow part); a node a test left unhealthy is reinstalled."""
+    reset_console(mesh)
+    for node in mesh.nodes.values():
+        doc = node.status()
+        if node.installed and doc.get("running") and doc.get("agent_pid"):
+            try:
+                node.wait_status(
+                    "converged after the reset",
+                    lambda d: (
+                        d["enabled"] is True
+                        and d["converged"]
+                        and d["sidecar"]["restarts"] == 0
+                        and d["config"]["refused"] is None
+                    ),
+                    deadline=10,
+                )
+                continue
+            except AssertionError:
+                pass
+        if node.installed:
+            node.uninstall()
         node.install()
-    return fresh
+    return mesh
 
 
 @dataclass

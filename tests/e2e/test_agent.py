@@ -246,6 +246,26 @@ def test_agent_killed_sidecar_and_rules_keep_working_then_adopted(installed: Mes
     assert server.requests_seen("inbound") == seen + 2
 
 
+def test_flushed_rules_are_repaired_and_the_agent_reports_itself(installed: Mesh) -> None:
+    server = installed.nodes["server"]
+    digest = server.status()["rules"]["digest"]
+
+    def applies() -> int:
+        return server.sofamesh("logs", "-n", "1000").stdout.count("apply the interception rules")
+
+    before = applies()
+    server.sofamesh("hijack", "remove")  # an admin flushes our rules by hand
+    wait_for("the agent to re-apply the rules", lambda: applies() > before, deadline=10)
+    server.wait_status("rules repaired", lambda d: d["rules"]["digest"] == digest, 5)
+    assert rules_installed(server)
+    metrics = server.vm.run(["curl", "-sS", "-m", "5", "http://127.0.0.1:15020/metrics"])
+    assert 'sofamesh_agent_sidecar_state{state="RUNNING"} 1' in metrics.stdout
+    assert "sofamesh_agent_rules_installed 1" in metrics.stdout
+    assert "sofamesh_agent_console_reachable 1" in metrics.stdout
+    human = server.sofamesh("status").stdout
+    assert "converged  True" in human and "Running healthy=True" in human, human
+
+
 def test_console_outage_node_keeps_state_and_catches_up(installed: Mesh) -> None:
     server, client = installed.nodes["server"], installed.nodes["client"]
     before = server.status()
@@ -263,6 +283,26 @@ def test_console_outage_node_keeps_state_and_catches_up(installed: Mesh) -> None
         lambda d: d["console"]["reachable"] and d["enabled"] is False and d["converged"],
         deadline=40,
     )
+
+
+def test_secret_is_in_no_log_no_readable_file_no_process_arguments(installed: Mesh) -> None:
+    server = installed.nodes["server"]
+    secret = installed.secret.encode()
+    verbose = server.sofamesh("-v", "status")
+    assert installed.secret not in verbose.stdout + verbose.stderr
+    for path in server.root.rglob("*"):
+        if path.is_file() and not path.is_symlink() and secret in path.read_bytes():
+            mode = path.stat().st_mode
+            assert path.name == "secret", path
+            assert mode & 0o077 == 0 and path.stat().st_uid == 0, (path, oct(mode))
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            assert secret not in cmdline.read_bytes(), cmdline
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        with contextlib.suppress(OSError):
+            if b"sofamesh" in Path(environ.parent / "cmdline").read_bytes():
+                assert secret not in environ.read_bytes(), environ
+    assert secret.decode() not in installed.console_log()
 
 
 def snapshot(node: Node) -> dict[str, Any]:
@@ -373,23 +413,3 @@ def test_two_installs_at_once_one_waits(fresh: Mesh) -> None:
     assert any("installed: app web" in t for t in texts), outputs
     assert any("already installed with these parameters" in t for t in texts), outputs
     assert server.wait_status("one converged node", lambda d: d["converged"], 10)
-
-
-def test_secret_is_in_no_log_no_readable_file_no_process_arguments(installed: Mesh) -> None:
-    server = installed.nodes["server"]
-    secret = installed.secret.encode()
-    verbose = server.sofamesh("-v", "status")
-    assert installed.secret not in verbose.stdout + verbose.stderr
-    for path in server.root.rglob("*"):
-        if path.is_file() and not path.is_symlink() and secret in path.read_bytes():
-            mode = path.stat().st_mode
-            assert path.name == "secret", path
-            assert mode & 0o077 == 0 and path.stat().st_uid == 0, (path, oct(mode))
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        with contextlib.suppress(OSError):
-            assert secret not in cmdline.read_bytes(), cmdline
-    for environ in Path("/proc").glob("[0-9]*/environ"):
-        with contextlib.suppress(OSError):
-            if b"sofamesh" in Path(environ.parent / "cmdline").read_bytes():
-                assert secret not in environ.read_bytes(), environ
-    assert secret.decode() not in installed.console_log()
