@@ -58,8 +58,11 @@ class Call:
 
 
 class AgentFastPath:
-    def __init__(self, app: ASGIApp) -> None:
+    """Wraps the whole FastAPI app (outside its middleware: none of it is needed here)."""
+
+    def __init__(self, app: ASGIApp, state: ConsoleState) -> None:
         self.app = app
+        self.state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = None
@@ -75,7 +78,7 @@ class AgentFastPath:
         body = await _read_body(receive, headers)
         if body is None:
             return  # the client went away before sending its request
-        call = _admissible(scope, receive, headers, body, route)
+        call = self._admissible(scope, receive, headers, body, route)
         if call is None:
             await self.app(scope, _replay(receive, body), send)
             return
@@ -89,34 +92,35 @@ class AgentFastPath:
             response = rendering.data_error()
         await response(scope, receive, send)
 
+    def _admissible(
+        self, scope: Scope, receive: Receive, headers: dict[str, str], body: bytes, route: Route
+    ) -> Call | None:
+        state = self.state
+        try:
+            signed = signed_headers(headers)
+            query = scope["query_string"].decode()
+        except (ConsoleError, UnicodeDecodeError):
+            return None
+        key = state.keys.get(signed.key_id)
+        if key is None:
+            return None
+        raw_path = scope.get("raw_path") or scope["path"].encode()
+        agent = verified(
+            key, signed, signed_message(signed, scope["method"], raw_path, query, body)
+        )
+        if agent is None:
+            return None
+        parsed = route.parse(scope, headers, body)
+        if parsed is None:
+            return None
+        return Call(state, agent, scope, receive, headers, body, parsed)
+
 
 @dataclass(frozen=True)
 class Route:
     handler: Handler
     # Validates the body (POST) or the query (GET); None: hand the request on.
     parse: Callable[[Scope, dict[str, str], bytes], Any]
-
-
-def _admissible(
-    scope: Scope, receive: Receive, headers: dict[str, str], body: bytes, route: Route
-) -> Call | None:
-    state: ConsoleState = scope["app"].state.console
-    try:
-        signed = signed_headers(headers)
-        query = scope["query_string"].decode()
-    except (ConsoleError, UnicodeDecodeError):
-        return None
-    key = state.keys.get(signed.key_id)
-    if key is None:
-        return None
-    raw_path = scope.get("raw_path") or scope["path"].encode()
-    agent = verified(key, signed, signed_message(signed, scope["method"], raw_path, query, body))
-    if agent is None:
-        return None
-    parsed = route.parse(scope, headers, body)
-    if parsed is None:
-        return None
-    return Call(state, agent, scope, receive, headers, body, parsed)
 
 
 async def _read_body(receive: Receive, headers: dict[str, str]) -> bytes | None:
@@ -152,8 +156,10 @@ def _json_body(model: type[BaseModel]) -> Callable[[Scope, dict[str, str], bytes
         if not body or (content_type is not None and content_type not in JSON_TYPES):
             return None
         try:
-            return model.model_validate(json.loads(body))
-        except (ValueError, ValidationError):  # JSONDecodeError and UnicodeDecodeError too
+            # JSON straight into the model (one pass, in pydantic-core). Whatever this does
+            # not accept goes to the FastAPI route (json.loads, then the same model).
+            return model.model_validate_json(body)
+        except ValidationError:
             return None
 
     return parse

@@ -9,18 +9,16 @@ job (the contract of console/agentdb.py).
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Connection, TextClause, bindparam, column, text
-
 from console import configdoc, values
 from console.agent_schemas import MetricsReport, NodeRef, StatusReport
+from console.agentdb import Db, Sql
 from console.auth import Agent, admit
 from console.errors import BadInput, NotFound
-from console.models import RES_COARSE, RES_FINE, UTCDateTime
+from console.models import RES_COARSE, RES_FINE
 from console.state import ConsoleState, now, unix_now
 
 # Metrics may be posted late (R-AG-7: catch up after an outage), but not beyond what is kept.
@@ -30,20 +28,15 @@ METRICS_FUTURE = 300
 Loc = list[str | int]
 
 
-def _typed(sql: str, *datetimes: str) -> TextClause:
-    """A statement whose datetime parameters are stored as the ORM stores them."""
-    return text(sql).bindparams(*(bindparam(name, type_=UTCDateTime()) for name in datetimes))
-
-
 # The node (of an app of the key's instance) that a request names, matched on the
 # (instance_id, ip) unique index; the ip is canonical (console.values.node_ip).
 _NODE_MATCH = (
     "instance_id = :instance AND ip = :ip "
     "AND app_id = (SELECT id FROM apps WHERE instance_id = :instance AND name = :app)"
 )
-_FIND_NODE = text(" ".join(("SELECT id, config_version FROM nodes WHERE", _NODE_MATCH)))
-_APP_EXISTS = text("SELECT 1 FROM apps WHERE instance_id = :instance AND name = :app")
-_REGISTER = _typed(
+_FIND_NODE = Sql(" ".join(("SELECT id, config_version FROM nodes WHERE", _NODE_MATCH)))
+_APP_EXISTS = Sql("SELECT 1 FROM apps WHERE instance_id = :instance AND name = :app")
+_REGISTER = Sql(
     " ".join((
         "UPDATE nodes SET hostname = :hostname, last_seen = :at,",
         "registered_at = COALESCE(registered_at, :at) WHERE", _NODE_MATCH,
@@ -51,7 +44,7 @@ _REGISTER = _typed(
     )),
     "at",
 )  # fmt: skip
-_STATUS = _typed(
+_STATUS = Sql(
     " ".join((
         "UPDATE nodes SET hostname = :hostname, sidecar_status = :sidecar_status,",
         "healthy = :healthy, sidecar_version = :version, sidecar_created_at = :created_at,",
@@ -61,15 +54,13 @@ _STATUS = _typed(
     "at",
     "created_at",
 )  # fmt: skip
-_SEEN = _typed(
-    " ".join(("UPDATE nodes SET last_seen = :at WHERE", _NODE_MATCH, "RETURNING id")), "at"
-)
+_SEEN = Sql(" ".join(("UPDATE nodes SET last_seen = :at WHERE", _NODE_MATCH, "RETURNING id")), "at")
 _COUNTERS = (
     "req_in", "err_in", "rt_in", "req_out", "err_out", "rt_out", "bytes_in", "bytes_out",
     "samples", "cpu_sum", "mem_sum", "load1_sum", "net_in", "net_out",
 )  # fmt: skip
 # Both dialects spell an upsert alike; one statement, executed for both resolutions.
-_BUCKET = text(
+_BUCKET = Sql(
     " ".join((
         "INSERT INTO metric_buckets (node_id, res, t,", ", ".join(_COUNTERS), ")",
         "VALUES (:node_id, :res, :t,", ", ".join(":" + c for c in _COUNTERS), ")",
@@ -77,55 +68,43 @@ _BUCKET = text(
         ", ".join(" ".join((c, "= metric_buckets." + c, "+ excluded." + c)) for c in _COUNTERS),
     ))
 )  # fmt: skip
-_VERSION = text("SELECT config_version FROM nodes WHERE id = :id")
-_NODE_APP = text(
-    "SELECT n.config_version, n.hijack_enabled, a.id AS app_id, a.ports, a.params "
+_VERSION = Sql("SELECT config_version FROM nodes WHERE id = :id")
+_NODE_APP = Sql(
+    "SELECT n.config_version, n.hijack_enabled, a.id, a.ports, a.params "
     "FROM nodes n JOIN apps a ON a.id = n.app_id WHERE n.id = :id"
-).columns(
-    column("config_version"),
-    column("hijack_enabled", Boolean()),
-    column("app_id"),
-    column("ports", JSON()),
-    column("params", JSON()),
 )
-_LIMITS = text("SELECT port, max_requests FROM governance_limits WHERE app_id = :app_id")
-_SCOPE = text(
+_LIMITS = Sql("SELECT port, max_requests FROM governance_limits WHERE app_id = :app_id")
+_SCOPE = Sql(
     "SELECT t.name AS tenant, w.name AS workspace, i.instance_id AS instance "
     "FROM instances i JOIN workspaces w ON w.id = i.workspace_id "
     "JOIN tenants t ON t.id = w.tenant_id WHERE i.id = :instance"
 )
 
 
-@functools.lru_cache(maxsize=65536)
-def canonical_ip(ip: str) -> str:
-    """console.values.node_ip, remembered: the same few thousand node IPs come back."""
-    return values.node_ip(ip)
-
-
 def _match(agent: Agent, ref_app: str, ref_ip: str, loc: Loc) -> dict[str, Any]:
     try:
-        ip = canonical_ip(ref_ip)
+        ip = values.node_ip(ref_ip)
     except ValueError as exc:
         raise BadInput(str(exc), [*loc, "ip"]) from None
     return {"instance": agent.instance_id, "app": ref_app, "ip": ip}
 
 
-def _missing(connection: Connection, match: dict[str, Any], loc: Loc) -> NotFound:
+def _missing(db: Db, match: dict[str, Any], loc: Loc) -> NotFound:
     """Which of app and ip is unknown (the same answers as console.api_apps)."""
-    if connection.execute(_APP_EXISTS, match).first() is None:
+    if db.execute(_APP_EXISTS, match).fetchone() is None:
         return NotFound(f"no app {match['app']!r} in this instance", [*loc, "app"])
     return NotFound(f"{match['ip']} is not a node of app {match['app']!r}", [*loc, "ip"])
 
 
-def whoami(state: ConsoleState, agent: Agent) -> Callable[[Connection], dict[str, str]]:
-    def work(connection: Connection) -> dict[str, str]:
-        admit(connection, state, agent)
-        row = connection.execute(_SCOPE, {"instance": agent.instance_id}).one()
+def whoami(state: ConsoleState, agent: Agent) -> Callable[[Db], dict[str, str]]:
+    def work(db: Db) -> dict[str, str]:
+        admit(db, state, agent)
+        tenant, workspace, instance = db.execute(_SCOPE, {"instance": agent.instance_id}).fetchone()
         return {
             "key_id": agent.key_id,
-            "tenant": row.tenant,
-            "workspace": row.workspace,
-            "instance_id": row.instance,
+            "tenant": tenant,
+            "workspace": workspace,
+            "instance_id": instance,
         }
 
     return work
@@ -133,21 +112,23 @@ def whoami(state: ConsoleState, agent: Agent) -> Callable[[Connection], dict[str
 
 def register(
     state: ConsoleState, agent: Agent, body: NodeRef, hostname: str
-) -> Callable[[Connection], tuple[int, int]]:
-    def work(connection: Connection) -> tuple[int, int]:
-        admit(connection, state, agent)
+) -> Callable[[Db], tuple[int, int]]:
+    def work(db: Db) -> tuple[int, int]:
+        admit(db, state, agent)
         match = _match(agent, body.app, body.ip, ["body"])
-        row = connection.execute(_REGISTER, {**match, "hostname": hostname, "at": now()}).first()
-        if row is None:
-            raise _missing(connection, match, ["body"])
-        return row.id, row.config_version
+        # fetchall: a RETURNING statement is done only once its rows are read.
+        rows = db.execute(_REGISTER, {**match, "hostname": hostname, "at": now()}).fetchall()
+        if not rows:
+            raise _missing(db, match, ["body"])
+        node_id, version = rows[0]
+        return node_id, version
 
     return work
 
 
-def status(state: ConsoleState, agent: Agent, body: StatusReport) -> Callable[[Connection], None]:
-    def work(connection: Connection) -> None:
-        admit(connection, state, agent)
+def status(state: ConsoleState, agent: Agent, body: StatusReport) -> Callable[[Db], None]:
+    def work(db: Db) -> None:
+        admit(db, state, agent)
         match = _match(agent, body.app, body.ip, ["body"])
         params = {
             **match,
@@ -161,8 +142,8 @@ def status(state: ConsoleState, agent: Agent, body: StatusReport) -> Callable[[C
             "ipv6": body.ipv6,
             "at": now(),
         }
-        if connection.execute(_STATUS, params).rowcount != 1:
-            raise _missing(connection, match, ["body"])
+        if db.execute(_STATUS, params).rowcount != 1:
+            raise _missing(db, match, ["body"])
 
     return work
 
@@ -177,26 +158,27 @@ def _metrics_problem(body: MetricsReport) -> BadInput | None:
     return None
 
 
-def metrics(state: ConsoleState, agent: Agent, body: MetricsReport) -> Callable[[Connection], None]:
+def metrics(state: ConsoleState, agent: Agent, body: MetricsReport) -> Callable[[Db], None]:
     """Counters since the previous post, added to the node's 10 s and 1 min buckets."""
 
-    def work(connection: Connection) -> None:
-        admit(connection, state, agent)
+    def work(db: Db) -> None:
+        admit(db, state, agent)
         match = _match(agent, body.app, body.ip, ["body"])
         problem = _metrics_problem(body)
         if problem is not None:
             # An unknown node is named first, as before the checks of the body.
-            if connection.execute(_FIND_NODE, match).first() is None:
-                raise _missing(connection, match, ["body"])
+            if db.execute(_FIND_NODE, match).fetchone() is None:
+                raise _missing(db, match, ["body"])
             raise problem
-        row = connection.execute(_SEEN, {**match, "at": now()}).first()
-        if row is None:
-            raise _missing(connection, match, ["body"])
+        rows = db.execute(_SEEN, {**match, "at": now()}).fetchall()
+        if not rows:
+            raise _missing(db, match, ["body"])
+        node_id = rows[0][0]
         counters = bucket_counters(body)
         at = int(body.at.timestamp())
-        connection.execute(
+        db.executemany(
             _BUCKET,
-            [{"node_id": row.id, "res": res, "t": at - at % res, **counters}
+            [{"node_id": node_id, "res": res, "t": at - at % res, **counters}
              for res in (RES_FINE, RES_COARSE)],
         )  # fmt: skip
 
@@ -229,62 +211,65 @@ def bucket_counters(report: MetricsReport) -> dict[str, Any]:
 
 def poll_start(
     state: ConsoleState, agent: Agent, ref: tuple[str, str], version: int, console: str | None
-) -> Callable[[Connection], tuple[int, bytes | None]]:
+) -> Callable[[Db], tuple[int, bytes | None]]:
     """(node id, the document when its version differs from `version`, else None)."""
 
-    def work(connection: Connection) -> tuple[int, bytes | None]:
-        admit(connection, state, agent)
+    def work(db: Db) -> tuple[int, bytes | None]:
+        admit(db, state, agent)
         match = _match(agent, *ref, ["query"])
-        row = connection.execute(_FIND_NODE, match).first()
+        row = db.execute(_FIND_NODE, match).fetchone()
         if row is None:
-            raise _missing(connection, match, ["query"])
-        if row.config_version == version:
-            return row.id, None
-        return row.id, document(connection, state, row.id, console)
+            raise _missing(db, match, ["query"])
+        node_id, current = row
+        if current == version:
+            return node_id, None
+        return node_id, document(db, state, node_id, console)
 
     return work
 
 
 def poll_again(
     state: ConsoleState, node_id: int, version: int, console: str | None
-) -> Callable[[Connection], bytes | None]:
+) -> Callable[[Db], bytes | None]:
     """After a wake-up or at the end of the wait: the document if the version moved."""
 
-    def work(connection: Connection) -> bytes | None:
-        current = connection.execute(_VERSION, {"id": node_id}).scalar()
-        if current is None:
+    def work(db: Db) -> bytes | None:
+        row = db.execute(_VERSION, {"id": node_id}).fetchone()
+        if row is None:
             raise NotFound("this node was removed from its app", ["query", "ip"])
-        if current == version:
+        if row[0] == version:
             return None
-        return document(connection, state, node_id, console)
+        return document(db, state, node_id, console)
 
     return work
 
 
-def document(
-    connection: Connection, state: ConsoleState, node_id: int, console: str | None
-) -> bytes:
+def document(db: Db, state: ConsoleState, node_id: int, console: str | None) -> bytes:
     """The node's config as JSON (console.views.NodeConfig), kept per node until its
     version moves. Every change of what the document holds bumps the version (console/
     configdoc.py), so (node, version, console address) names one document. The version is
     read before the rest: read in that order, a change committed in between can only give
     newer content under an older version, which the agent then fetches again."""
-    row = connection.execute(_NODE_APP, {"id": node_id}).first()
+    row = db.execute(_NODE_APP, {"id": node_id}).fetchone()
     if row is None:
         raise NotFound("this node was removed from its app", ["query", "ip"])
+    version, hijack_enabled, app_id, ports, params = row
     cached = state.documents.get(node_id)
-    if cached is not None and cached[0] == row.config_version and cached[1] == console:
+    if cached is not None and cached[0] == version and cached[1] == console:
         return cached[2]
-    stored = {r.port: r.max_requests for r in connection.execute(_LIMITS, {"app_id": row.app_id})}
-    params = {key: list((row.params or {}).get(key, [])) for key in configdoc.EMPTY_PARAMS}
+    stored = dict(db.execute(_LIMITS, {"app_id": app_id}).fetchall())
+    # JSON columns: SQLite hands back their text, psycopg the parsed value.
+    ports = json.loads(ports) if isinstance(ports, str) else ports
+    params = json.loads(params) if isinstance(params, str) else params
+    lists = {key: list((params or {}).get(key, [])) for key in configdoc.EMPTY_PARAMS}
     body = json.dumps(
         {
-            "version": row.config_version,
-            "hijack_enabled": bool(row.hijack_enabled),
-            "hijack": configdoc.hijack_document(params, console),
-            "sidecar": {"limits": {str(port): stored.get(port, 0) for port in sorted(row.ports)}},
+            "version": version,
+            "hijack_enabled": bool(hijack_enabled),
+            "hijack": configdoc.hijack_document(lists, console),
+            "sidecar": {"limits": {str(port): stored.get(port, 0) for port in sorted(ports)}},
         },
         separators=(",", ":"),
     ).encode()
-    state.documents[node_id] = (row.config_version, console, body)
+    state.documents[node_id] = (version, console, body)
     return body

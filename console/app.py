@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp
 
 from console import (
     api_agent,
@@ -51,7 +52,6 @@ def create_app(state: ConsoleState) -> FastAPI:
         lifespan=_lifespan,
     )
     app.state.console = state
-    app.add_middleware(AgentFastPath)
     # Routes are matched in order: the agents' few routes, which take nearly every request,
     # come first.
     for module in (api_agent, api_session, api_apps, api_params, api_monitor, api_traffic, web):
@@ -64,6 +64,11 @@ def create_app(state: ConsoleState) -> FastAPI:
     app.add_exception_handler(IntegrityError, _integrity_error)
     app.add_exception_handler(DataError, _data_error)
     return app
+
+
+def asgi_app(state: ConsoleState) -> ASGIApp:
+    """What uvicorn serves: the agents' fast path in front of the FastAPI app."""
+    return AgentFastPath(create_app(state), state)
 
 
 def health(state: StateDep) -> Health:

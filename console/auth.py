@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy import Connection, delete, select, text
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 from starlette.requests import ClientDisconnect
 
 from console import security
+from console.agentdb import Db, Sql
 from console.errors import ClientGone, ConsoleError, Forbidden, Unauthorized
 from console.keycache import KeyRow
 from console.models import Instance, Nonce, OperatorSession, Workspace
@@ -101,13 +102,13 @@ class Agent:
     nonce_expires: int
 
 
-_KEY_ROW = text("SELECT secret, instance_id FROM access_keys WHERE key_id = :key_id")
-_KEY_EXISTS = text("SELECT 1 FROM access_keys WHERE key_id = :key_id")
+_KEY_ROW = Sql("SELECT secret, instance_id FROM access_keys WHERE key_id = :key_id")
+_KEY_EXISTS = Sql("SELECT 1 FROM access_keys WHERE key_id = :key_id")
 # Records the nonce, only while the key exists; ON CONFLICT makes a replay a no-op
 # (rowcount 0) instead of an error that would end the batch's transaction. Replicas on
 # PostgreSQL share the table: the second insert of a nonce waits for the first's commit.
 # The casts give PostgreSQL one type for a parameter used twice.
-_ADMIT = text(
+_ADMIT = Sql(
     "INSERT INTO nonces (key_id, nonce, expires_at) "
     "SELECT CAST(:key_id AS VARCHAR), CAST(:nonce AS VARCHAR), CAST(:expires_at AS BIGINT) "
     "WHERE EXISTS (SELECT 1 FROM access_keys WHERE key_id = CAST(:key_id AS VARCHAR)) "
@@ -115,10 +116,10 @@ _ADMIT = text(
 )
 
 
-def _load_key(key_id: str) -> Callable[[Connection], KeyRow | None]:
-    def work(connection: Connection) -> KeyRow | None:
-        row = connection.execute(_KEY_ROW, {"key_id": key_id}).first()
-        return None if row is None else KeyRow(row.secret, row.instance_id)
+def _load_key(key_id: str) -> Callable[[Db], KeyRow | None]:
+    def work(db: Db) -> KeyRow | None:
+        row = db.execute(_KEY_ROW, {"key_id": key_id}).fetchone()
+        return None if row is None else KeyRow(row[0], row[1])
 
     return work
 
@@ -189,16 +190,16 @@ async def _body(request: Request, headers: dict[str, str]) -> bytes:
         raise ClientGone() from None
 
 
-def admit(connection: Connection, state: ConsoleState, agent: Agent) -> None:
+def admit(db: Db, state: ConsoleState, agent: Agent) -> None:
     """First step of every agent job: record the nonce in the job's transaction. A replay
     (on this or another replica) or a key deleted since it was cached is refused."""
-    inserted = connection.execute(
+    inserted = db.execute(
         _ADMIT,
         {"key_id": agent.key_id, "nonce": agent.nonce, "expires_at": agent.nonce_expires},
     ).rowcount
     if inserted == 1:
         return
-    if connection.execute(_KEY_EXISTS, {"key_id": agent.key_id}).first() is None:
+    if db.execute(_KEY_EXISTS, {"key_id": agent.key_id}).fetchone() is None:
         state.keys.forget(agent.key_id)
         log.info("agent request rejected: unknown key or bad signature (key %s)", agent.key_id)
         raise Unauthorized("unknown key or bad signature")

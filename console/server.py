@@ -8,10 +8,10 @@ import sys
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI
+from starlette.types import ASGIApp
 from uvicorn.supervisors import Multiprocess
 
-from console.app import create_app
+from console.app import asgi_app
 from console.db import make_engine, migrate, sessions
 from console.errors import ConsoleError
 from console.state import ConsoleState
@@ -104,14 +104,14 @@ def serve(url: str, listen: str, workers: int | None = None) -> None:
         return
     state = ConsoleState(engine=engine, sessions=sessions(engine))
     try:
-        uvicorn.Server(uvicorn.Config(create_app(state), **common)).run()
+        uvicorn.Server(uvicorn.Config(asgi_app(state), **common)).run()
     finally:
         engine.dispose()
 
 
-def worker_app() -> FastAPI:
+def worker_app() -> ASGIApp:
     """The app of one worker process (see `serve`)."""
     configure_logging()
     logging.getLogger("uvicorn.access").addFilter(QuietAgentAccess())
     engine = make_engine(os.environ[WORKER_DB_ENV])
-    return create_app(ConsoleState(engine=engine, sessions=sessions(engine)))
+    return asgi_app(ConsoleState(engine=engine, sessions=sessions(engine)))

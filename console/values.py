@@ -7,6 +7,7 @@ rules itself (the API tests check that hijack/config.py accepts what the console
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 
@@ -69,6 +70,9 @@ def cidr(value: str) -> str:
         raise ValueError(f"{value!r} is not a valid CIDR: {exc}") from None
 
 
+# Remembered: the same few thousand node IPs arrive in every agent request, and parsing
+# one costs more than the rest of the request's validation (errors are not remembered).
+@functools.lru_cache(maxsize=65536)
 def node_ip(value: str) -> str:
     """A unicast IPv4 or IPv6 address a VM can have (canonical text form)."""
     try:

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError
 
-from console.agentdb import AgentDB
+from console.agentdb import AgentDB, Db, Sql
 from console.db import make_engine
 from console.errors import NotFound
 
@@ -28,9 +28,12 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
     engine.dispose()
 
 
+INSERT = Sql("INSERT INTO t (k, v) VALUES (:k, 'x')")
+
+
 def insert(k: int, then_refuse: bool = False) -> object:
-    def work(connection: Connection) -> int:
-        connection.execute(text("INSERT INTO t (k, v) VALUES (:k, 'x')"), {"k": k})
+    def work(db: Db) -> int:
+        db.execute(INSERT, {"k": k})
         if then_refuse:
             # A refusal after a write the job keeps (as agent jobs keep their nonce).
             raise NotFound("refused", ["body", "k"])
@@ -48,7 +51,7 @@ async def in_one_batch(db: AgentDB, works: list[object]) -> list[object]:
     """Runs `works` as one batch: the worker is held by a first job until all are queued."""
     entered, hold = threading.Event(), threading.Event()
 
-    def first(_connection: Connection) -> None:
+    def first(_db: Db) -> None:
         entered.set()
         hold.wait(10)
 
@@ -98,7 +101,8 @@ def test_a_database_error_fails_only_its_own_job(engine: Engine) -> None:
         db.start(asyncio.get_running_loop())
         try:
             await db.run(insert(5))
-            # The duplicate key ends the batch's transaction; each job then runs alone.
+            # The duplicate key ends the batch's transaction; each job then runs alone, and
+            # the error reaches its request as SQLAlchemy's (rendered 409 by the API).
             results = await in_one_batch(db, [insert(1), insert(5), insert(3)])
             assert results[0] == 1 and results[2] == 3
             assert isinstance(results[1], IntegrityError)
