@@ -16,7 +16,7 @@ from typing import Any
 from console import configdoc, values
 from console.agent_schemas import MetricsReport, NodeRef, StatusReport
 from console.agentdb import Db, Sql
-from console.auth import Agent, admit
+from console.auth import ADMIT_SQL, Agent, admit, nonce_params, refuse
 from console.errors import BadInput, NotFound
 from console.models import RES_COARSE, RES_FINE
 from console.state import ConsoleState, now, unix_now
@@ -66,6 +66,47 @@ _BUCKET = Sql(
         "VALUES (:node_id, :res, :t,", ", ".join(":" + c for c in _COUNTERS), ")",
         "ON CONFLICT (node_id, res, t) DO UPDATE SET",
         ", ".join(" ".join((c, "= metric_buckets." + c, "+ excluded." + c)) for c in _COUNTERS),
+    ))
+)  # fmt: skip
+# PostgreSQL: a whole job in one statement (one round trip, instead of one per step).
+# Data-modifying CTEs run in order of need and all of them run; each write is gated on the
+# nonce having been recorded (`n`), so a refused request writes nothing but that.
+_ADMITTED = " ".join(("n AS (", ADMIT_SQL, "RETURNING 1)"))
+_PG_STATUS = Sql(
+    " ".join((
+        "WITH", _ADMITTED, ", u AS (",
+        "UPDATE nodes SET hostname = :hostname, sidecar_status = :sidecar_status,",
+        "healthy = :healthy, sidecar_version = :version, sidecar_created_at = :created_at,",
+        "backend = :backend, rule_digest = :rule_digest, ipv6 = :ipv6, status_at = :at,",
+        "last_seen = :at, registered_at = COALESCE(registered_at, :at) WHERE", _NODE_MATCH,
+        "AND EXISTS (SELECT 1 FROM n) RETURNING id)",
+        "SELECT (SELECT count(*) FROM n), (SELECT count(*) FROM u)",
+    )),
+    "at",
+    "created_at",
+)  # fmt: skip
+_PG_METRICS = Sql(
+    " ".join((
+        "WITH", _ADMITTED, ", u AS (",
+        "UPDATE nodes SET last_seen = :at WHERE", _NODE_MATCH,
+        "AND EXISTS (SELECT 1 FROM n) RETURNING id),",
+        "b AS (INSERT INTO metric_buckets (node_id, res, t,", ", ".join(_COUNTERS), ")",
+        "SELECT u.id, r.res, r.t,", ", ".join(":" + c for c in _COUNTERS), "FROM u CROSS JOIN",
+        "(VALUES (" + str(RES_FINE) + ", CAST(:t_fine AS BIGINT)),",
+        "(" + str(RES_COARSE) + ", CAST(:t_coarse AS BIGINT))) AS r (res, t)",
+        "ON CONFLICT (node_id, res, t) DO UPDATE SET",
+        ", ".join(" ".join((c, "= metric_buckets." + c, "+ excluded." + c)) for c in _COUNTERS),
+        "RETURNING 1)",
+        "SELECT (SELECT count(*) FROM n), (SELECT count(*) FROM u)",
+    )),
+    "at",
+)  # fmt: skip
+_PG_POLL = Sql(
+    " ".join((
+        "WITH", _ADMITTED,
+        "SELECT (SELECT count(*) FROM n),",
+        "(SELECT id FROM nodes WHERE", _NODE_MATCH, "),",
+        "(SELECT config_version FROM nodes WHERE", _NODE_MATCH, ")",
     ))
 )  # fmt: skip
 _VERSION = Sql("SELECT config_version FROM nodes WHERE id = :id")
@@ -128,7 +169,8 @@ def register(
 
 def status(state: ConsoleState, agent: Agent, body: StatusReport) -> Callable[[Db], None]:
     def work(db: Db) -> None:
-        admit(db, state, agent)
+        if db.dialect_name != "postgresql":
+            admit(db, state, agent)
         match = _match(agent, body.app, body.ip, ["body"])
         params = {
             **match,
@@ -142,7 +184,13 @@ def status(state: ConsoleState, agent: Agent, body: StatusReport) -> Callable[[D
             "ipv6": body.ipv6,
             "at": now(),
         }
-        if db.execute(_STATUS, params).rowcount != 1:
+        if db.dialect_name == "postgresql":
+            admitted, updated = db.execute(_PG_STATUS, {**params, **nonce_params(agent)}).fetchone()
+            if admitted != 1:
+                refuse(db, state, agent)
+        else:
+            updated = db.execute(_STATUS, params).rowcount
+        if updated != 1:
             raise _missing(db, match, ["body"])
 
     return work
@@ -162,9 +210,13 @@ def metrics(state: ConsoleState, agent: Agent, body: MetricsReport) -> Callable[
     """Counters since the previous post, added to the node's 10 s and 1 min buckets."""
 
     def work(db: Db) -> None:
+        problem = _metrics_problem(body)
+        if db.dialect_name == "postgresql" and problem is None:
+            match = _match(agent, body.app, body.ip, ["body"])
+            _pg_metrics(db, state, agent, body, match)
+            return
         admit(db, state, agent)
         match = _match(agent, body.app, body.ip, ["body"])
-        problem = _metrics_problem(body)
         if problem is not None:
             # An unknown node is named first, as before the checks of the body.
             if db.execute(_FIND_NODE, match).fetchone() is None:
@@ -183,6 +235,25 @@ def metrics(state: ConsoleState, agent: Agent, body: MetricsReport) -> Callable[
         )  # fmt: skip
 
     return work
+
+
+def _pg_metrics(
+    db: Db, state: ConsoleState, agent: Agent, body: MetricsReport, match: dict[str, Any]
+) -> None:
+    at = int(body.at.timestamp())
+    params = {
+        **match,
+        **nonce_params(agent),
+        **bucket_counters(body),
+        "at": now(),
+        "t_fine": at - at % RES_FINE,
+        "t_coarse": at - at % RES_COARSE,
+    }
+    admitted, updated = db.execute(_PG_METRICS, params).fetchone()
+    if admitted != 1:
+        refuse(db, state, agent)
+    if updated != 1:
+        raise _missing(db, match, ["body"])
 
 
 def bucket_counters(report: MetricsReport) -> dict[str, Any]:
@@ -215,12 +286,22 @@ def poll_start(
     """(node id, the document when its version differs from `version`, else None)."""
 
     def work(db: Db) -> tuple[int, bytes | None]:
-        admit(db, state, agent)
-        match = _match(agent, *ref, ["query"])
-        row = db.execute(_FIND_NODE, match).fetchone()
-        if row is None:
-            raise _missing(db, match, ["query"])
-        node_id, current = row
+        if db.dialect_name == "postgresql":
+            match = _match(agent, *ref, ["query"])
+            admitted, node_id, current = db.execute(
+                _PG_POLL, {**match, **nonce_params(agent)}
+            ).fetchone()
+            if admitted != 1:
+                refuse(db, state, agent)
+            if node_id is None:
+                raise _missing(db, match, ["query"])
+        else:
+            admit(db, state, agent)
+            match = _match(agent, *ref, ["query"])
+            row = db.execute(_FIND_NODE, match).fetchone()
+            if row is None:
+                raise _missing(db, match, ["query"])
+            node_id, current = row
         if current == version:
             return node_id, None
         return node_id, document(db, state, node_id, console)

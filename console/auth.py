@@ -6,7 +6,7 @@ import hmac
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any, NoReturn
 
 from fastapi import Depends, Request
 from sqlalchemy import delete, select
@@ -108,12 +108,13 @@ _KEY_EXISTS = Sql("SELECT 1 FROM access_keys WHERE key_id = :key_id")
 # (rowcount 0) instead of an error that would end the batch's transaction. Replicas on
 # PostgreSQL share the table: the second insert of a nonce waits for the first's commit.
 # The casts give PostgreSQL one type for a parameter used twice.
-_ADMIT = Sql(
+ADMIT_SQL = (
     "INSERT INTO nonces (key_id, nonce, expires_at) "
     "SELECT CAST(:key_id AS VARCHAR), CAST(:nonce AS VARCHAR), CAST(:expires_at AS BIGINT) "
     "WHERE EXISTS (SELECT 1 FROM access_keys WHERE key_id = CAST(:key_id AS VARCHAR)) "
     "ON CONFLICT (key_id, nonce) DO NOTHING"
 )
+_ADMIT = Sql(ADMIT_SQL)
 
 
 def _load_key(key_id: str) -> Callable[[Db], KeyRow | None]:
@@ -193,12 +194,16 @@ async def _body(request: Request, headers: dict[str, str]) -> bytes:
 def admit(db: Db, state: ConsoleState, agent: Agent) -> None:
     """First step of every agent job: record the nonce in the job's transaction. A replay
     (on this or another replica) or a key deleted since it was cached is refused."""
-    inserted = db.execute(
-        _ADMIT,
-        {"key_id": agent.key_id, "nonce": agent.nonce, "expires_at": agent.nonce_expires},
-    ).rowcount
-    if inserted == 1:
-        return
+    if db.execute(_ADMIT, nonce_params(agent)).rowcount != 1:
+        refuse(db, state, agent)
+
+
+def nonce_params(agent: Agent) -> dict[str, Any]:
+    return {"key_id": agent.key_id, "nonce": agent.nonce, "expires_at": agent.nonce_expires}
+
+
+def refuse(db: Db, state: ConsoleState, agent: Agent) -> NoReturn:
+    """Why a nonce was not recorded: the key is gone, or the nonce was used before."""
     if db.execute(_KEY_EXISTS, {"key_id": agent.key_id}).fetchone() is None:
         state.keys.forget(agent.key_id)
         log.info("agent request rejected: unknown key or bad signature (key %s)", agent.key_id)
