@@ -43,6 +43,7 @@ log = logging.getLogger("sofamesh.agent")
 TICK = 0.5
 REPORT_EVERY = 10.0
 FATAL_RETRY = 60.0  # a sidecar that could not stay up is tried again after this long
+FAULT_RETRY = 5.0  # after an unexpected error in the loop
 METRICS_PORT = 15020
 
 
@@ -96,20 +97,24 @@ class Daemon:
         self.wake = threading.Event()
         self.report_now = threading.Event()
         runner = SubprocessRunner()
-        self.backend = choose(loaded.effective_backend, runner).backend
+        options = loaded.ebpf_options(paths.root)
+        self.backend = choose(loaded.effective_backend, runner, options).backend
         self.client = ConsoleClient(
             loaded.console, Credentials(loaded.access_key, settings.read_secret(paths))
         )
         self.feed = ConfigFeed(
             self.client, paths=paths, app=loaded.app, ip=self.ip, wake=self.wake.set, stop=self.stop
         )
-        self.runtime = NodeRuntime(paths, self.backend, loaded.proxy_user, on_change=self._changed)
+        self.runtime = NodeRuntime(
+            paths, self.backend, loaded.proxy_user, options, on_change=self._changed
+        )
         self.desired: NodeDesired | None = None
         self.desired_error: str | None = None
         self.metrics = AgentMetrics()
         self.deltas = Deltas()
         self.sampler = NodeSampler()
         self._fatal_since: float | None = None
+        self.loop_error: str | None = None
         self._last_status: dict[str, Any] | None = None
         self._last_status_write = 0.0
 
@@ -137,7 +142,17 @@ class Daemon:
         server = serve_metrics(METRICS_PORT, self.metrics)
         try:
             while not self.stop.is_set():
-                self._iteration()
+                try:
+                    self._iteration()
+                except Exception as exc:
+                    # A fault of this node (a missing file, a kernel that refuses) must not
+                    # end the agent: the sidecar and rules stay, and we say why and retry.
+                    log.exception("reconcile failed")
+                    self.loop_error = f"{type(exc).__name__}: {exc}"
+                    self._write_status(force=True)
+                    self.stop.wait(FAULT_RETRY)
+                else:
+                    self.loop_error = None
                 self.wake.wait(TICK)
                 self.wake.clear()
         finally:
@@ -229,7 +244,7 @@ class Daemon:
                 "expected": desired.rules_digest if desired else None,
             },
             "converged": self.converged(),
-            "error": runtime.last_error,
+            "error": self.loop_error or runtime.last_error,
         }
 
     def _write_status(self, force: bool = False, stopping: bool = False) -> None:
@@ -299,6 +314,18 @@ def run_agent(paths: Paths, verbose: bool) -> None:
     with procs.locked(paths.agent_lock, "agent", wait=0):
         procs.write_pid(paths.agent_pid, os.getpid())
         try:
-            Daemon(paths).run()
+            try:
+                daemon = Daemon(paths)
+            except Exception as exc:
+                # Say why where install and `status` look, then let the service manager
+                # retry: the cause may go away (a console that comes up, a module loaded).
+                log.exception("agent cannot start")
+                write_json_atomic(
+                    paths.agent_status,
+                    {"running": False, "startup_error": str(exc), "updated": time.time()},
+                    mode=0o644,
+                )
+                raise
+            daemon.run()
         finally:
             paths.agent_pid.unlink(missing_ok=True)

@@ -97,7 +97,8 @@ def _fresh_install(paths: Paths, wanted: NodeSettings, secret: str, steps: Steps
     steps.step(f"checking the access key with the console at {wanted.console}")
     ip, config_version = _check_console(wanted, secret, steps)
     steps.step("checking the interception backend")
-    choice = choose(wanted.backend, SubprocessRunner())  # BackendUnavailable: exit 5
+    # BackendUnavailable: exit 5, before anything changed.
+    choice = choose(wanted.backend, SubprocessRunner(), wanted.ebpf_options(paths.root))
     steps.detail(f"backend {choice.backend.name}: {choice.reason}")
     record: dict[str, Any] = {
         "created_user": False,
@@ -226,6 +227,13 @@ def _install_changes(
 ) -> None:
     for directory in (paths.etc_dir, paths.state_dir, paths.run_dir, paths.log_dir):
         _make_dir(directory, record)
+    if record["backend"] == "ebpf":
+        # The backend mounts a bpffs there when none is; uninstall unmounts only what we
+        # mounted and removes only the directories we made.
+        bpffs = wanted.ebpf_options(paths.root).bpffs
+        record["bpffs"] = str(bpffs)
+        record["bpffs_mounted_before"] = _is_bpf_mount(bpffs)
+        _make_dir(bpffs, record)
     write_json_atomic(paths.install_record, record)
     steps.step(f"creating the proxy user {wanted.proxy_user}")
     record["created_user"] = _ensure_user(wanted.proxy_user, steps)
@@ -242,6 +250,24 @@ def _install_changes(
     _start_service(paths, record, steps)
     write_json_atomic(paths.install_record, record)
     _wait_converged(paths, steps)
+
+
+def _is_bpf_mount(path: Path) -> bool:
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[2] == "bpf" and Path(fields[1]) == path:
+            return True
+    return False
+
+
+def _unmount_bpffs(record: dict[str, Any]) -> None:
+    bpffs = record.get("bpffs")
+    if not bpffs or record.get("bpffs_mounted_before", True) or not _is_bpf_mount(Path(bpffs)):
+        return
+    # The kernel's own iterators (maps.debug, progs.debug) appear in every bpffs.
+    if any(not entry.name.endswith(".debug") for entry in Path(bpffs).iterdir()):
+        return  # someone else pinned something there since: leave it mounted
+    subprocess.run(["umount", bpffs], capture_output=True, check=False)
 
 
 def _make_dir(directory: Path, record: dict[str, Any]) -> None:
@@ -307,6 +333,8 @@ def _wait_converged(paths: Paths, steps: Steps) -> None:
     while time.monotonic() < deadline:
         state = read_json(paths.agent_status)
         if isinstance(state, dict) and state.get("updated", 0) >= started:
+            if state.get("startup_error"):
+                raise AgentError(f"the agent cannot start: {state['startup_error']}")
             sidecar = state.get("sidecar", {})
             line = f"sidecar {sidecar.get('status')} ({sidecar.get('health')}); rules " + (
                 "applied" if state.get("rules", {}).get("installed") else "not installed"
@@ -372,6 +400,7 @@ def _teardown(
         user = saved.proxy_user if saved else None
         if user:
             attempt(f"removing the proxy user {user}", lambda: _remove_user(user, steps))
+    attempt("unmounting the bpffs install mounted", lambda: _unmount_bpffs(record))
     attempt("removing the files", lambda: _remove_files(paths, record, keep_logs))
     if problems:
         raise AgentError("uninstall incomplete: " + "; ".join(problems))
@@ -380,16 +409,22 @@ def _teardown(
 def _switch_off(paths: Paths, steps: Steps) -> None:
     saved = settings.load(paths) if paths.settings.exists() else None
     backend = saved.effective_backend if saved else "auto"
+    options = saved.ebpf_options(paths.root) if saved else None
     try:
         runtime = (
-            NodeRuntime(paths, choose(backend, SubprocessRunner()).backend, saved.proxy_user)
+            NodeRuntime(
+                paths,
+                choose(backend, SubprocessRunner(), options).backend,
+                saved.proxy_user,
+                options,
+            )
             if saved
             else None
         )
     except KeyError:  # the proxy user is gone: nothing of ours can run as it
         runtime = None
     if runtime is None:
-        removed = engine.remove("auto")
+        removed = engine.remove("auto", options=options)
         steps.detail(f"rules removed from {removed}" if removed else "no rules installed")
         return
     for action in runtime.step(None):

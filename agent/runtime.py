@@ -29,6 +29,7 @@ from agent.reconcile import Action, Desired, Observed, decide
 from agent.supervisor import ProgramSpec, State, Supervisor
 from hijack import engine
 from hijack.backends.base import PARK_COMMENT, Backend
+from hijack.backends.ebpf import EbpfOptions
 from hijack.errors import HijackError
 
 log = logging.getLogger("sofamesh.agent")
@@ -100,6 +101,7 @@ class NodeRuntime:
     paths: Paths
     backend: Backend
     proxy_user: str
+    options: EbpfOptions | None = None
     health_spec: HealthSpec = field(default_factory=HealthSpec)
     clock: Callable[[], float] = time.monotonic
     on_change: Callable[[], None] | None = None  # the reporter posts status on changes
@@ -204,18 +206,18 @@ class NodeRuntime:
             self.running_digest = str(answer.get("digest"))
         elif action == Action.APPLY_RULES:
             assert desired is not None
-            engine.apply(desired.hijack, self.backend.name)
+            engine.apply(desired.hijack, self.backend.name, options=self.options)
             self.refresh_rules()
         elif action == Action.REMOVE_RULES:
-            engine.remove(self.backend.name)
+            engine.remove(self.backend.name, options=self.options)
             self.refresh_rules()
         elif action == Action.PARK_RULES:
-            engine.remove(self.backend.name, park=True)
+            engine.remove(self.backend.name, park=True, options=self.options)
             self.refresh_rules()
         elif action == Action.STOP_SIDECAR:
             self.stop_sidecar()
         elif action == Action.FINISH_REMOVAL:
-            engine.remove(self.backend.name)
+            engine.remove(self.backend.name, options=self.options)
             self.refresh_rules()
 
     def stop_sidecar(self) -> None:

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from agent.errors import BadInput
 from agent.paths import Paths, read_json, write_json_atomic
+from hijack.backends.ebpf import EbpfOptions
 
 APP_NAME_RE = re.compile(r"^[A-Za-z0-9-]{1,63}$")  # the console's rule (R-CLI-2)
 SCOPE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -83,6 +84,13 @@ class NodeSettings:
     def effective_backend(self) -> str:
         """The backend install chose (auto resolved once, so it never changes later)."""
         return str(self.extra.get("resolved_backend") or self.backend)
+
+    def ebpf_options(self, root: Path) -> EbpfOptions:
+        """Where the eBPF backend attaches (--cgroup; default the cgroup2 root) and pins (the
+        bpffs under the install root, so test nodes never share pins)."""
+        return EbpfOptions(
+            cgroup=Path(self.cgroup) if self.cgroup else None, bpffs=root / "sys/fs/bpf"
+        )
 
     @property
     def console_host(self) -> str:

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from netlab import VM, Lab, wait_until
+from netlab import VM, Cgroup, Lab, wait_until
 from netlab.errors import LabTimeout
 from netlab.nsclient import NetnsClient
 
@@ -59,6 +59,7 @@ class Node:
     root: Path
     proxy_user: str
     mesh: Mesh
+    cgroup: str | None = None  # eBPF: the VM's own cgroup v2 subtree (--cgroup)
 
     def sofamesh(
         self,
@@ -86,6 +87,8 @@ class Node:
             "--proxy-user": self.proxy_user,
             "--backend": m.backend,
         }
+        if self.cgroup is not None:
+            values["--cgroup"] = self.cgroup
         values.update(override)
         return ["install", *[x for pair in values.items() for x in pair]]
 
@@ -361,7 +364,11 @@ def mesh() -> Iterator[Mesh]:
     # Not under pytest's tmp dir (0700 parents): each node's proxy user must reach its files.
     base = Path(tempfile.mkdtemp(prefix="sofamesh-e2e-"))
     os.chmod(base, 0o755)  # noqa: S103
-    with _removed(base), Lab(["console", "server", "client", "plain"], ipv6=False) as lab:
+    with (
+        _removed(base),
+        Lab(["console", "server", "client", "plain"], ipv6=False) as lab,
+        contextlib.ExitStack() as stack,
+    ):
         m = Mesh(lab=lab, base=base, backend=backend)
         m.start_console()
         answer = m.api.post(
@@ -380,6 +387,10 @@ def mesh() -> Iterator[Mesh]:
                 (root / sub).mkdir(parents=True)
             os.chmod(root, 0o755)  # noqa: S103
             m.nodes[name] = Node(lab[name], root, f"smp-{name[:3]}-{tag}", m)
+            if backend == "ebpf":
+                # Every process of the VM joins its own cgroup, where the hooks attach.
+                cgroup = stack.enter_context(Cgroup(f"e2e-{name}-{tag}"))
+                lab[name].cgroup = m.nodes[name].cgroup = str(cgroup.path)
         start_app(lab["server"])
         try:
             yield m
@@ -488,7 +499,8 @@ def _removed(path: Path) -> Iterator[None]:
     try:
         yield
     finally:
-        shutil.rmtree(path, ignore_errors=True)
+        if not os.environ.get("SOFAMESH_E2E_KEEP"):  # set it to read the nodes' logs after
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def wait_for(what: str, predicate: Any, deadline: float = 20.0) -> Any:
