@@ -231,43 +231,17 @@ class Mesh:
             self.admin("create-key", "op", self.tenant, self.workspace, self.instance, "--json")
         )
         self.key_id, self.secret = key["key_id"], key["secret"]
-        log = (self.base / "console.log").open("w")
-        self.console_proc = self.console_vm.spawn(
-            [
-                sys.executable,
-                "-m",
-                "agent",
-                "console",
-                "serve",
-                "--db",
-                self.db_url,
-                "--listen",
-                f"0.0.0.0:{CONSOLE_PORT}",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO)},
-        )
-        log.close()
-        self.console_vm.wait_for_port(CONSOLE_PORT, host=None, process=self.console_proc)
-        self.operator = NetnsClient(self.console_vm.netns_path, self.agent_url)
-        answer = self.api.post("/api/v1/session", json={"username": "op", "password": PASSWORD})
-        assert answer.status_code == 200, answer.text
-        self.api.http.headers["X-CSRF-Token"] = answer.json()["csrf_token"]
-        scope = {"tenant": self.tenant, "workspace": self.workspace, "instance_id": self.instance}
-        assert self.api.put("/api/v1/session/scope", json=scope).status_code == 200
+        self.start_console_process_only()
 
     def stop_console(self) -> None:
         if self.console_proc is not None:
             self.console_vm.stop(self.console_proc, timeout=15)
             self.console_proc = None
 
-    def restart_console(self) -> None:
-        assert self.operator is not None
-        self.operator.close()
-        self.start_console_process_only()
-
     def start_console_process_only(self) -> None:
+        """The console process on the existing database, and a logged-in operator."""
+        if self.operator is not None:
+            self.operator.close()
         log = (self.base / "console.log").open("a")
         self.console_proc = self.console_vm.spawn(
             [
