@@ -1295,10 +1295,11 @@ def gap_text(outcome: Outcome, args: argparse.Namespace) -> list[str]:
             f"database jobs, {share('auth + validation'):.0f} % signature check and body "
             f"validation (of which pydantic + json "
             f"{incl.get('  of which pydantic + json (body validation)', 0.0):.0f} %), "
-            f"{share('upkeep'):.0f} % upkeep. SQLAlchemy's own code (statement execution, "
-            f"parameters, result rows; no ORM on this path) is {sqla:.0f} % of all leaf "
-            "frames: the jobs' few fixed statements run through the DB-API cursor directly "
-            "would save most of it."
+            f"{share('upkeep'):.0f} % upkeep; SQLAlchemy (operator requests, upkeep) "
+            f"{sqla:.0f} % of all leaf frames. What is left is mostly uvicorn's per-request "
+            "and per-connection Python and the event loop: a leaner HTTP server for the "
+            "agents' few routes, or fewer requests per node (status and metrics in one "
+            "post, kept-alive connections), would cut it; the database jobs come next."
         )
         dso = dict(prof.get("perf_dso", []))
         kernel = sum(v for k, v in dso.items() if "kernel" in k)
