@@ -96,7 +96,10 @@ run_tests() {
   .venv/bin/mypy bench/*.py  # scripts, not a package: checked on their own
   log "pytest"
   set +e
-  .venv/bin/pytest "$@"
+  # Two workers: most of the suite waits on namespace VMs, subprocesses and the network,
+  # not on the CPU. loadfile keeps each file (its module fixtures: a lab, a console, a
+  # PostgreSQL cluster) on one worker. `scripts/dev.sh test -n0` runs serially.
+  .venv/bin/pytest -n 2 --dist loadfile "$@"
   local rc=$?
   set -e
   if [ "$rc" -eq 5 ]; then

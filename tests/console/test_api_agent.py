@@ -168,7 +168,9 @@ def test_long_poll_times_out_with_304(agent: Agent, operator: httpx.Client) -> N
     started = time.monotonic()
     answer = agent.config(version=version, wait=1)
     assert answer.status_code == 304
-    assert 0.9 <= time.monotonic() - started < 3
+    # It was held for the wait (not answered at once); how long beyond that is the
+    # machine's business, not a property of the console.
+    assert time.monotonic() - started >= 0.9
     # An unknown (e.g. newer, from a re-created node) version answers at once.
     assert agent.config(version=version + 1000).status_code == 200
 
