@@ -37,7 +37,14 @@ from agent.console_client import (
     Credentials,
 )
 from agent.daemon import node_ip
-from agent.errors import AgentError, BadInput, ConsoleFailure, InstallFailed, NotRegistered
+from agent.errors import (
+    AgentError,
+    BadInput,
+    ConsoleFailure,
+    InstallFailed,
+    NotInstalled,
+    NotRegistered,
+)
 from agent.paths import Paths, read_json, write_json_atomic
 from agent.runtime import NodeRuntime
 from agent.settings import NodeSettings
@@ -321,6 +328,11 @@ def _start_service(paths: Paths, record: dict[str, Any], steps: Steps) -> None:
 
 
 def _restart_agent(paths: Paths) -> None:
+    """So the agent reads the new secret (it reads it once, at start)."""
+    record = read_json(paths.install_record) or {}
+    if record.get("service") == "systemd":
+        subprocess.run(["systemctl", "restart", keeper.UNIT_NAME], check=False)
+        return
     keeper.stop_keeper(paths)
     keeper.start_keeper(paths)
 
@@ -458,7 +470,7 @@ def _remove_files(paths: Paths, record: dict[str, Any], keep_logs: bool = False)
 def reinstall(paths: Paths, say: Say, verbose: bool) -> Outcome:
     saved = settings.load(paths)
     if saved is None:
-        raise BadInput("reinstall", "nothing is installed: use `sofamesh install`")
+        raise NotInstalled("reinstall: nothing is installed here: use `sofamesh install`")
     secret = settings.read_secret(paths)
     uninstall(paths, say, verbose)
     return install(paths, saved, secret, say, verbose)

@@ -102,10 +102,6 @@ class Paths:
     def sidecar_log(self) -> Path:
         return self.log_dir / "sidecar.log"
 
-    @property
-    def unit_file(self) -> Path:
-        return self.root / "etc/systemd/system/sofamesh-agent.service"
-
 
 def write_json_atomic(path: Path, data: Any, mode: int = 0o600) -> None:
     """Write, fsync, rename: a crash leaves the old file or the new one, never half of one."""
