@@ -146,13 +146,16 @@ def world(console: Console) -> World:
     return World(console, f"op-{tag}", f"t-{tag}", "ws", "inst", key.key_id, key.secret)
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an event loop running on the main
+# thread while it lives, and tests that run after it in the same process (another file on
+# the same pytest-xdist worker) could not start one of their own.
+@pytest.fixture(scope="module")
 def playwright() -> Iterator[Playwright]:
     with sync_playwright() as driver:
         yield driver
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(
     playwright: Playwright, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[BrowserContext]:

@@ -204,7 +204,9 @@ def backend(
         url = f"sqlite:///{base / 'console.db'}"
     else:
         cluster: PgCluster = request.getfixturevalue("pg_cluster")
-        url = cluster.create_database("console_api")
+        # Unique: a session fixture with params can be set up more than once per session
+        # (pytest-xdist orders tests so), on the same cluster.
+        url = cluster.create_database(f"console_api_{secrets.token_hex(4)}")
     server = ConsoleProcess(url, base / "console.log").start()
     engine = make_engine(url)
     migrate(engine)
