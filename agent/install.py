@@ -166,6 +166,7 @@ def _already_installed(
             "`sofamesh uninstall` first (or `reinstall` to reuse the saved parameters)",
         )
     if settings.read_secret(paths) != secret:
+        _check_console(wanted, secret, steps)  # a wrong new secret is refused, not saved
         settings.write_secret(paths.secret, secret)
         steps.detail("the secret key changed: saved the new one")
         _restart_agent(paths)
