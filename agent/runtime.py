@@ -54,34 +54,28 @@ def rules_seen(backend: Backend) -> RulesSeen:
     return RulesSeen(installed.digest, False)
 
 
-def admin_get(port: int, path: str, timeout: float = 2.0) -> Any:
+def admin_call(port: int, method: str, path: str, timeout: float = 2.0) -> Any:
+    """One request to the sidecar's admin API on loopback; its JSON answer, or OSError."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        conn.request("GET", path)
+        conn.request(method, path, body=b"" if method == "POST" else None)
         answer = conn.getresponse()
         body = answer.read()
         if answer.status != 200:
-            raise OSError(f"GET {path} answered {answer.status}")
+            raise OSError(f"{method} {path} answered {answer.status}: {body[:200]!r}")
         return json.loads(body)
     except (http.client.HTTPException, ValueError) as exc:
-        raise OSError(f"GET {path}: {exc}") from exc
+        raise OSError(f"{method} {path}: {exc}") from exc
     finally:
         conn.close()
 
 
-def admin_post(port: int, path: str, timeout: float = 5.0) -> Any:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("POST", path, body=b"")
-        answer = conn.getresponse()
-        body = answer.read()
-        if answer.status != 200:
-            raise OSError(f"POST {path} answered {answer.status}: {body[:200]!r}")
-        return json.loads(body)
-    except (http.client.HTTPException, ValueError) as exc:
-        raise OSError(f"POST {path}: {exc}") from exc
-    finally:
-        conn.close()
+def admin_get(port: int, path: str) -> Any:
+    return admin_call(port, "GET", path)
+
+
+def admin_post(port: int, path: str) -> Any:
+    return admin_call(port, "POST", path, timeout=5.0)
 
 
 def sidecar_spec(paths: Paths, uid: int) -> ProgramSpec:
